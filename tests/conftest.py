@@ -1,0 +1,55 @@
+"""Shared fixtures: the bundled MACE teacher and small real structure files."""
+import itertools
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+from pyacemaker.demo_data import demo_model_path, demo_step4_path
+from pyacemaker.utils.io import iter_frames, write_frames
+
+
+@pytest.fixture(scope="session")
+def model_path():
+    return demo_model_path()
+
+
+@pytest.fixture(scope="session")
+def teacher64(model_path):
+    from pyacemaker.oracle.mace_wrapper import MaceSurrogate
+    return MaceSurrogate(model_path, dtype="float64")
+
+
+@pytest.fixture(scope="session")
+def teacher32(model_path):
+    from pyacemaker.oracle.mace_wrapper import MaceSurrogate
+    return MaceSurrogate(model_path, dtype="float32")
+
+
+@pytest.fixture
+def step4_small(tmp_path):
+    """The first 30 structures of the bundled step-4 example (4 to 108 atoms)."""
+    return write_frames(itertools.islice(iter_frames(demo_step4_path()), 30), tmp_path / "step4_surrogate_data.xyz")
+
+
+# repulsion "none": with 48 training structures, held-out frames have shorter distances than any training frame,
+# where pacemaker's "auto" ZBL core repulsion (not a learned ACE term) would take over; see the config notebook.
+TINY_FIT = dict(elements=["Cu", "Ag"], max_basis_grade=10, nradmax_by_orders=[6, 2], lmax_by_orders=[0, 1],
+                ndensity=1, maxiter=20, batch_size=100, test_size=0.2, seed=7, repulsion="none")
+
+
+@pytest.fixture(scope="session")
+def fitted_pipeline(tmp_path_factory):
+    """One real, tiny step 5 -> step 6 run (60 demo structures, 10 functions, 20 iterations), shared by tests."""
+    from pyacemaker.domain_models.config import AceTrainingConfig, LabelingConfig, PipelineConfig, dump_config, load_config
+    from pyacemaker.orchestrator import run_pipeline
+    work = tmp_path_factory.mktemp("pipeline")
+    write_frames(itertools.islice(iter_frames(demo_step4_path()), 60), work / "run" / "step4_surrogate_data.xyz")
+    cfg = PipelineConfig(work_dir=work / "run", labeling=LabelingConfig(model=demo_model_path(), dtype="float32", chunk_size=25),
+                         training=AceTrainingConfig(**TINY_FIT))
+    cfg = load_config(dump_config(cfg, work / "pipeline.yaml"))
+    labels, fit = run_pipeline(cfg, progress=False)
+    return cfg, labels, fit
