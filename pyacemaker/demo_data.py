@@ -5,6 +5,7 @@
 # %% ../nbs/07_demo_data.ipynb #ffb7f790
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ __all__ = ['DATA_DIR', 'A0_EMT', 'TRAIN_SEED', 'TEST_SEED', 'MACE_RECIPE', 'STEP
            'teacher_errors', 'step4_frames', 'make_demo_assets']
 
 # %% ../nbs/07_demo_data.ipynb #8a42abdc
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(str(importlib.resources.files("pyacemaker"))) / "data"
 
 def demo_model_path() -> Path:
     "The bundled Cu–Ag MACE teacher (float32, ≈250 KB)."
