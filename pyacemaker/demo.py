@@ -18,9 +18,9 @@ from .report.parity import format_summary, write_report
 __all__ = ['DEMO_TRAINING', 'demo_config', 'run_demo', 'format_demo']
 
 # %% ../nbs/08_demo.ipynb #f7778780
-DEMO_TRAINING = dict(elements=["Cu", "Ag"], cutoff=5.0, max_basis_grade=30, ndensity=2,
+DEMO_TRAINING = dict(elements=["Cu", "Ag"], cutoff=5.0, max_basis_grade=60, ndensity=2,
                      nradmax_by_orders=[15, 3, 2, 1], lmax_by_orders=[0, 3, 2, 1],
-                     kappa=0.3, maxiter=100, test_size=0.1, seed=42, batch_size=100)
+                     kappa=0.1, maxiter=200, test_size=0.1, seed=42, batch_size=300)
 
 def demo_config(work_dir: str | Path) -> PipelineConfig:
     "The demo pipeline: bundled MACE teacher (float32 labels) and the tuned ACE settings."

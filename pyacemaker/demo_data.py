@@ -22,9 +22,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 # %% auto #0
-__all__ = ['DATA_DIR', 'A0_EMT', 'TRAIN_SEED', 'TEST_SEED', 'MACE_RECIPE', 'STEP4_REPEATS', 'demo_model_path', 'demo_step4_path',
-           'demo_model_card', 'random_cuag_cell', 'emt_label', 'mace_training_frames', 'train_demo_model', 'rmse',
-           'teacher_errors', 'step4_frames', 'make_demo_assets']
+__all__ = ['DATA_DIR', 'A0_EMT', 'TRAIN_SEED', 'TEST_SEED', 'MACE_RECIPE', 'STEP4_REPEATS', 'STEP4_WEIGHTS', 'STEP4_RATTLE',
+           'demo_model_path', 'demo_step4_path', 'demo_model_card', 'random_cuag_cell', 'emt_label',
+           'mace_training_frames', 'train_demo_model', 'rmse', 'teacher_errors', 'step4_frames', 'make_demo_assets']
 
 # %% ../nbs/07_demo_data.ipynb #8a42abdc
 DATA_DIR = Path(str(importlib.resources.files("pyacemaker"))) / "data"
@@ -123,14 +123,16 @@ def teacher_errors(model: str | Path, n_test: int = 50) -> dict:
             "stress_rmse_GPa": rmse(np.concatenate(s_err), 0) / GPa, "n_test": n_test}
 
 # %% ../nbs/07_demo_data.ipynb #e1010522
-STEP4_REPEATS = [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (3, 2, 2), (3, 3, 3)]
+STEP4_REPEATS = [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (3, 2, 2), (3, 3, 3)]   # 4, 8, 16, 32, 48, 108 atoms
+STEP4_WEIGHTS = [0.35, 0.30, 0.18, 0.12, 0.04, 0.01]                                  # mostly small cells: ~14 atoms on average
+STEP4_RATTLE = (0.02, 0.10)    # Å: thermal-like displacements (the teacher saw up to 0.15 Å)
 
 def step4_frames(n: int = 300, seed: int = 3) -> list[Atoms]:
-    "`n` unlabeled Cu–Ag cells of mixed sizes (4–108 atoms), positions and cell only."
+    "`n` unlabeled Cu–Ag cells of mixed sizes (4–108 atoms, mostly small), positions and cell only."
     rng = np.random.default_rng(seed)
     frames = []
     for i in range(n):
-        at = random_cuag_cell(rng, STEP4_REPEATS[rng.integers(len(STEP4_REPEATS))])
+        at = random_cuag_cell(rng, STEP4_REPEATS[rng.choice(len(STEP4_REPEATS), p=STEP4_WEIGHTS)], rattle=STEP4_RATTLE)
         frames.append(Atoms(at.symbols, at.positions, cell=at.cell, pbc=True))
     return frames
 

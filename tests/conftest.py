@@ -35,10 +35,8 @@ def step4_small(tmp_path):
     return write_frames(itertools.islice(iter_frames(demo_step4_path()), 30), tmp_path / "step4_surrogate_data.xyz")
 
 
-# repulsion "none": with 48 training structures, held-out frames have shorter distances than any training frame,
-# where pacemaker's "auto" ZBL core repulsion (not a learned ACE term) would take over; see the config notebook.
 TINY_FIT = dict(elements=["Cu", "Ag"], max_basis_grade=10, nradmax_by_orders=[6, 2], lmax_by_orders=[0, 1],
-                ndensity=1, maxiter=20, batch_size=100, test_size=0.2, seed=7, repulsion="none")
+                ndensity=1, maxiter=20, batch_size=100, test_size=0.2, seed=7)
 
 
 @pytest.fixture(scope="session")

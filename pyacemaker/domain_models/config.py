@@ -44,8 +44,8 @@ class AceTrainingConfig(BaseModel):
     batch_size: int = Field(100, ge=1, description="structures per batch in pacemaker's tensorpot backend")
     evaluator: Literal["tensorpot", "pyace"] = "tensorpot"
     gpu: int | None = Field(None, ge=0, description="GPU index for pacemaker; None = CPU")
-    repulsion: Literal["auto", "none"] = Field(
-        "auto", description="'auto': pacemaker's ZBL core repulsion below the shortest distance in the training data")
+    repulsion: Literal["none", "auto"] = Field(
+        "none", description="'auto': pacemaker's ZBL core repulsion below the shortest distance in the training data")
     reference_energy: Literal["mace"] | dict[str, float] = Field(
         "mace", description="E0 per element subtracted from energies: 'mace' reads them from the MACE model")
 

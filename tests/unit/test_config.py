@@ -14,6 +14,7 @@ def reject(match, **kw):
 def test_defaults_and_accepted_forms():
     cfg = AceTrainingConfig(elements=["Cu", "Ag"])
     assert (cfg.cutoff, cfg.ladder_type, cfg.ladder_step, cfg.reference_energy) == (5.0, "body_order", None, "mace")
+    assert cfg.repulsion == "none"                      # pacemaker's own default: no ZBL core unless asked
     for step in (5, 0.2, [5, 0.2]):
         assert AceTrainingConfig(elements=["Cu"], ladder_step=step, max_basis_grade=30).ladder_step == step
     assert AceTrainingConfig(elements=["Cu"], ladder_type="power_order").ladder_type == "power_order"
@@ -41,6 +42,7 @@ def test_defaults_and_accepted_forms():
     (dict(optimizer="Adam"), "optimizer"),
     (dict(evaluator="jax"), "evaluator"),
     (dict(gpu=-1), "gpu"),
+    (dict(repulsion="zbl"), "repulsion"),
     (dict(cutof=5.0), "cutof"),
 ])
 def test_training_rejections(kw, match):
