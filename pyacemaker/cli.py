@@ -26,7 +26,8 @@ def _check(args) -> None:
 def _label(args) -> None:
     "Step 5 on explicit files: label an extxyz file with a MACE model."
     from pyacemaker.oracle.mace_wrapper import MaceSurrogate, label_file
-    teacher = MaceSurrogate(args.model, device=args.device, dtype=args.dtype, head=args.head, batch_atoms=args.batch_atoms)
+    teacher = MaceSurrogate(args.model, device=args.device, dtype=args.dtype, head=args.head, batch_atoms=args.batch_atoms,
+                            compile=args.compile)
     print(teacher)
     print(label_file(args.input, args.output, teacher, chunk_size=args.chunk_size, resume=args.resume,
                      overwrite=args.overwrite, progress=not args.quiet))
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--chunk-size", type=int, default=1000, help="structures per durable chunk")
     lab.add_argument("--resume", action="store_true", help="continue an interrupted run")
     lab.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    lab.add_argument("--compile", action="store_true", help="TorchScript-compile the model (faster, not bit-reproducible)")
     lab.add_argument("--quiet", action="store_true", help="no progress bar")
     lab.set_defaults(func=_label)
     f = sub.add_parser("fit", help="step 6: fit ACE with pacemaker to the step-5 labels of CONFIG")

@@ -23,7 +23,8 @@ __all__ = ['load_teacher', 'run_step5', 'describe_plan', 'reference_energies', '
 def load_teacher(cfg: PipelineConfig) -> MaceSurrogate:
     "The MACE model of the config's labeling section, ready to label."
     lab = cfg.labeling
-    return MaceSurrogate(lab.model, device=lab.device, dtype=lab.dtype, head=lab.head, batch_atoms=lab.batch_atoms)
+    return MaceSurrogate(lab.model, device=lab.device, dtype=lab.dtype, head=lab.head, batch_atoms=lab.batch_atoms,
+                         compile=lab.compile)
 
 def run_step5(cfg: PipelineConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
               on_chunk: Callable[[int, int], None] | None = None) -> LabelingSummary:

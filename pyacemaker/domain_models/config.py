@@ -95,6 +95,7 @@ class LabelingConfig(BaseModel):
     head: str | None = Field(None, description="head of a multihead model; required when it has several")
     batch_atoms: int = Field(1024, ge=1, description="atom budget of one MACE batch")
     chunk_size: int = Field(1000, ge=1, description="structures per durable output chunk")
+    compile: bool = Field(False, description="TorchScript-compile the model (mace's own route): faster, not bit-reproducible")
 
     @field_validator("device")
     @classmethod

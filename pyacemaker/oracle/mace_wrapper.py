@@ -9,7 +9,11 @@ import hashlib
 import json
 import os
 import shutil
+import queue
+import threading
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -23,15 +27,16 @@ from tqdm.auto import tqdm
 
 import mace  # noqa: F401  (sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD before any model is loaded)
 import torch
+from e3nn.util import jit
 from mace import data as mace_data
 from mace.tools import torch_geometric, torch_tools
 from mace.tools.utils import AtomicNumberTable
 
-from ..utils.io import StructureError, atomic_output, check_structure, iter_frame_texts, parse_frame
+from ..utils.io import StructureError, atomic_output, check_structure, iter_frame_texts, parse_frame, scan_frame
 
 # %% auto #0
-__all__ = ['file_sha256', 'MaceSurrogate', 'atom_budget_batches', 'compute_batch', 'LabelingSummary', 'scan_structures',
-           'label_file']
+__all__ = ['file_sha256', 'MaceSurrogate', 'atom_budget_batches', 'label_stream', 'compute_batch', 'LabelingSummary',
+           'scan_structures', 'label_file']
 
 # %% ../../nbs/02_labeler.ipynb #90e1e8f1
 def file_sha256(path: str | Path, nbytes: int = 1 << 20) -> str:
@@ -55,10 +60,17 @@ def _torch_device(device: str) -> torch.device:
         raise RuntimeError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__}); use device='cpu'")
     return torch.device(device)
 
+def _script(model: torch.nn.Module) -> torch.nn.Module:
+    "TorchScript form of a MACE model (mace's own `e3nn.util.jit.compile` route); the model itself if that fails."
+    try: return jit.compile(model)
+    except Exception as err:
+        warnings.warn(f"TorchScript compilation failed ({type(err).__name__}: {err}); labeling with the eager model")
+        return model
+
 class MaceSurrogate:
     "A MACE model ready for batched labeling: elements, cutoff, head and E0 read from the file."
     def __init__(self, model_path: str | Path, device: str = "cpu", dtype: str = "float64",
-                 head: str | None = None, batch_atoms: int = 1024):
+                 head: str | None = None, batch_atoms: int = 1024, compile: bool = False):
         self.model_path = Path(model_path)
         if not self.model_path.is_file(): raise FileNotFoundError(f"{self.model_path}: MACE model file not found")
         self.device, self.dtype, self.batch_atoms = _torch_device(device), dtype, int(batch_atoms)
@@ -72,6 +84,7 @@ class MaceSurrogate:
         self.elements = [chemical_symbols[z] for z in self.z_table.zs]
         self.cutoff = float(self.model.r_max)
         self.sha256 = file_sha256(self.model_path)
+        self.runner = _script(self.model) if compile else self.model
 
     @property
     def e0(self) -> dict[str, float]:
@@ -125,12 +138,21 @@ def _to_atomic_data(self, atoms: Atoms):
     config = mace_data.config_from_atoms(atoms, head_name=self.head)
     return mace_data.AtomicData.from_config(config, z_table=self.z_table, cutoff=self.cutoff, heads=self.heads)
 
-def _evaluate(self, graphs: list) -> list[tuple[float, np.ndarray, np.ndarray]]:
+def _collate(graphs: list):
+    "mace's own collation (its torch_geometric DataLoader) of graphs into one batch."
+    loader = torch_geometric.dataloader.DataLoader(graphs, batch_sampler=[list(range(len(graphs)))])
+    return next(iter(loader))
+
+def _prepare(self, structures: Sequence[Atoms]) -> tuple[list, object]:
+    "Graphs of a group of structures and their collated batch (runs in the preparation thread)."
+    graphs = [self._to_atomic_data(a) for a in structures]
+    return graphs, _collate(graphs)
+
+def _evaluate(self, graphs: list, batch=None) -> list[tuple[float, np.ndarray, np.ndarray]]:
     "One model call on collated graphs; (energy, forces, 3x3 stress) per structure. Halves the batch on OOM."
     try:
-        loader = torch_geometric.dataloader.DataLoader(graphs, batch_sampler=[list(range(len(graphs)))])
-        batch = next(iter(loader)).to(self.device)
-        out = self.model(batch.to_dict(), compute_force=True, compute_stress=True, training=False)
+        batch = (batch if batch is not None else _collate(graphs)).to(self.device)
+        out = self.runner(batch.to_dict(), compute_force=True, compute_stress=True, training=False)
     except Exception as err:
         if not _is_out_of_memory(err) or len(graphs) == 1: raise
         if self.device.type == "cuda": torch.cuda.empty_cache()
@@ -142,20 +164,57 @@ def _evaluate(self, graphs: list) -> list[tuple[float, np.ndarray, np.ndarray]]:
     s = out["stress"].detach().cpu().double().numpy()
     return [(e[i], f[ptr[i]:ptr[i + 1]], s[i]) for i in range(len(e))]
 
+_END = object()
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    "Put `item` unless the consumer has stopped; False if it has."
+    while not stop.is_set():
+        try: q.put(item, timeout=0.1); return True
+        except queue.Full: pass
+    return False
+
+def _produce(self, chunks: Iterator, path, q: queue.Queue, stop: threading.Event) -> None:
+    "Preparation thread: check each chunk, then build graphs and collated batches, in order."
+    try:
+        torch_tools.set_default_dtype(self.dtype)
+        for key, first, frames in chunks:
+            if callable(frames): frames = frames()
+            for i, atoms in enumerate(frames): check_structure(atoms, path, first + i, self.elements)
+            groups = atom_budget_batches([len(a) for a in frames], self.batch_atoms)
+            for g, group in enumerate(groups):
+                if not _put(q, (key, frames, g == len(groups) - 1, *self._prepare([frames[i] for i in group])), stop): return
+        _put(q, _END, stop)
+    except BaseException as err:
+        _put(q, err, stop)
+
+def label_stream(self, chunks: Iterable[tuple], path="structures") -> Iterator[tuple[object, list[Atoms]]]:
+    "Label `(key, first_frame, structures)` chunks in order; a thread prepares the next batches while the model runs."
+    q, stop = queue.Queue(maxsize=3), threading.Event()
+    worker = threading.Thread(target=self._produce, args=(iter(chunks), path, q, stop), daemon=True)
+    worker.start()
+    prov, results = self._provenance(), []
+    try:
+        while (item := q.get()) is not _END:
+            if isinstance(item, BaseException): raise item
+            key, frames, last, graphs, batch = item
+            results += self._evaluate(graphs, batch)
+            if last:
+                yield key, [_labeled(a, e, f, s if _has_stress(a) else None, prov) for a, (e, f, s) in zip(frames, results)]
+                results = []
+    finally:
+        stop.set(); worker.join()
+
 def compute_batch(self, structures: Sequence[Atoms], path="structures", first_frame: int = 0) -> list[Atoms]:
     "Label structures with MACE in atom-budget batches; returns labeled copies, in order."
-    for i, atoms in enumerate(structures): check_structure(atoms, path, first_frame + i, self.elements)
-    torch_tools.set_default_dtype(self.dtype)
-    graphs = [self._to_atomic_data(a) for a in structures]
-    results = []
-    for group in atom_budget_batches([len(a) for a in structures], self.batch_atoms):
-        results += self._evaluate([graphs[i] for i in group])
-    prov = self._provenance()
-    return [_labeled(a, e, f, s if _has_stress(a) else None, prov) for a, (e, f, s) in zip(structures, results)]
+    if len(structures) == 0: return []
+    return next(self.label_stream([(0, first_frame, list(structures))], path))[1]
 
 MaceSurrogate._provenance = _provenance
 MaceSurrogate._to_atomic_data = _to_atomic_data
+MaceSurrogate._prepare = _prepare
 MaceSurrogate._evaluate = _evaluate
+MaceSurrogate._produce = _produce
+MaceSurrogate.label_stream = label_stream
 MaceSurrogate.compute_batch = compute_batch
 
 # %% ../../nbs/02_labeler.ipynb #ae05ad40
@@ -166,9 +225,8 @@ class LabelingSummary(dict):
                 f"({self['structures_per_s']:.1f} structures/s, {self['atoms_per_s']:.0f} atoms/s) -> {self['output']}")
 
 def scan_structures(path: str | Path, elements: Iterable[str] | None = None) -> list[int]:
-    "Parse and check every frame of `path` (nothing is kept); returns the atom count of each frame."
-    sizes = [len(check_structure(parse_frame(text, path, i, line), path, i, elements))
-             for i, line, text in iter_frame_texts(path)]
+    "Check every frame of `path` (elements, positions, atom counts; nothing is kept); returns the atom count of each frame."
+    sizes = [scan_frame(text, path, i, line, elements) for i, line, text in iter_frame_texts(path)]
     if not sizes: raise StructureError(f"{path}: contains no structures")
     return sizes
 
@@ -202,6 +260,14 @@ def _chunks_of_texts(path: Path, chunk_size: int) -> Iterator[tuple[int, list[tu
         if len(chunk) == chunk_size: yield k, chunk; chunk, k = [], k + 1
     if chunk: yield k, chunk
 
+def _parse_chunk(texts: list, path: Path) -> list[Atoms]:
+    "Parse the frames of one chunk (in the preparation thread)."
+    return [parse_frame(text, path, i, line) for i, line, text in texts]
+
+def _write_chunk(partial: Path, k: int, labeled: list[Atoms]) -> None:
+    "Write one finished chunk durably (temporary name, fsync, rename)."
+    with atomic_output(_chunk_file(partial, k)) as tmp: write(tmp, labeled, format="extxyz")
+
 def _assemble(partial: Path, n_chunks: int, output: Path, overwrite: bool) -> None:
     "Concatenate the finished chunks into `output` (temporary name, then rename)."
     with atomic_output(output, overwrite=overwrite) as tmp, open(tmp, "wb") as out:
@@ -227,16 +293,21 @@ def label_file(input: str | Path, output: str | Path, surrogate: MaceSurrogate, 
     n_done = sum(len(sizes[k * chunk_size:(k + 1) * chunk_size]) for k in done)
     t0, atoms_now = time.perf_counter(), 0
     bar = tqdm(total=len(sizes), initial=n_done, unit="structure", desc=f"label {input.name}", disable=not progress)
-    for k, texts in _chunks_of_texts(input, chunk_size):
-        if k in done: continue
-        frames = [parse_frame(text, input, i, line) for i, line, text in texts]
-        labeled = surrogate.compute_batch(frames, input, first_frame=texts[0][0])
-        with atomic_output(_chunk_file(partial, k)) as tmp: write(tmp, labeled, format="extxyz")
-        atoms_now += sum(len(a) for a in frames)
-        bar.update(len(frames))
-        dt = time.perf_counter() - t0
-        bar.set_postfix(atoms_per_s=f"{atoms_now / dt:.0f}")
+    chunks = ((k, texts[0][0], lambda texts=texts: _parse_chunk(texts, input))
+              for k, texts in _chunks_of_texts(input, chunk_size) if k not in done)
+    def finished(k, write, n_structures, n_atoms):
+        nonlocal atoms_now
+        write.result()
+        atoms_now += n_atoms
+        bar.update(n_structures)
+        bar.set_postfix(atoms_per_s=f"{atoms_now / (time.perf_counter() - t0):.0f}")
         if on_chunk is not None: on_chunk(k, bar.n)
+    with ThreadPoolExecutor(1) as writer:       # chunk k is written while chunk k+1 is labeled
+        pending = None
+        for k, labeled in surrogate.label_stream(chunks, input):
+            if pending: finished(*pending)
+            pending = (k, writer.submit(_write_chunk, partial, k, labeled), len(labeled), sum(len(a) for a in labeled))
+        if pending: finished(*pending)
     bar.close()
     _assemble(partial, n_chunks, output, overwrite=overwrite or resume)
     shutil.rmtree(partial)

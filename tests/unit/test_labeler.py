@@ -32,11 +32,12 @@ def mixed_structures():
     return step4_frames(8, seed=5) + [cluster, slab, small]
 
 
+@pytest.mark.parametrize("compile", [True, False])
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-5)])
-def test_batched_equals_mace_calculator(model_path, dtype, rtol):
+def test_batched_equals_mace_calculator(model_path, dtype, rtol, compile):
     from mace.calculators import MACECalculator
     structures = mixed_structures()
-    teacher = MaceSurrogate(model_path, dtype=dtype, batch_atoms=150)  # several batches of mixed sizes
+    teacher = MaceSurrogate(model_path, dtype=dtype, batch_atoms=150, compile=compile)  # several batches of mixed sizes
     labeled = teacher.compute_batch(structures)
     calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype=dtype)
     for atoms, lab in zip(structures, labeled):
@@ -82,14 +83,14 @@ def test_oom_halves_the_batch_and_retries(teacher64, monkeypatch):
     """Failure path: a CUDA out-of-memory error on big batches is answered by splitting them."""
     structures = step4_frames(6, seed=9)
     expected = [a.get_potential_energy() for a in teacher64.compute_batch(structures)]
-    forward = teacher64.model.forward
+    forward = teacher64.runner
     sizes = []
     def tight_memory(data, **kw):
         n = int(data["ptr"].numel() - 1)
         sizes.append(n)
         if n > 2: raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return forward(data, **kw)
-    monkeypatch.setattr(teacher64.model, "forward", tight_memory)
+    monkeypatch.setattr(teacher64, "runner", tight_memory)
     got = [a.get_potential_energy() for a in teacher64.compute_batch(structures)]
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert sizes[0] == 6                                           # one batch first (6 small cells fit the budget)
@@ -97,7 +98,7 @@ def test_oom_halves_the_batch_and_retries(teacher64, monkeypatch):
 
 
 def test_other_errors_are_not_retried(teacher64, monkeypatch):
-    monkeypatch.setattr(teacher64.model, "forward", lambda data, **kw: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    monkeypatch.setattr(teacher64, "runner", lambda data, **kw: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         teacher64.compute_batch(step4_frames(2, seed=9))
 
