@@ -8,7 +8,7 @@ export MPLBACKEND ?= Agg
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 WORK_DIR ?= runs/demo
 
-.PHONY: install demo test sync-check nbtest pytest export bench assets clean
+.PHONY: install demo test sync-check nbtest pytest export bench assets clean readme
 
 install:
 	@bash tools/install.sh
@@ -38,3 +38,6 @@ assets: install
 
 clean:
 	rm -rf runs _proc _docs .pytest_cache
+
+readme:
+	$(BIN)/python tools/make_readme.py
