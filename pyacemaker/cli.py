@@ -24,7 +24,14 @@ def _check(args) -> None:
     print(describe_plan(cfg))
 
 def _label(args) -> None:
-    "Step 5 on explicit files: label an extxyz file with a MACE model."
+    "Step 5 on explicit files: label an extxyz file with a MACE model (here, or on dask workers)."
+    if args.scheduler is not None or args.workers is not None:
+        from pyacemaker.oracle.distributed import label_file_distributed, require_distributed
+        require_distributed()
+        print(label_file_distributed(args.input, args.output, args.model, args.device, args.dtype, args.head, args.batch_atoms,
+                                     args.compile, chunk_size=args.chunk_size, resume=args.resume, overwrite=args.overwrite,
+                                     progress=not args.quiet, scheduler=args.scheduler, workers=args.workers))
+        return
     from pyacemaker.oracle.mace_wrapper import MaceSurrogate, label_file
     teacher = MaceSurrogate(args.model, device=args.device, dtype=args.dtype, head=args.head, batch_atoms=args.batch_atoms,
                             compile=args.compile)
@@ -75,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--resume", action="store_true", help="continue an interrupted run")
     lab.add_argument("--overwrite", action="store_true", help="replace an existing output")
     lab.add_argument("--compile", action="store_true", help="TorchScript-compile the model (faster, not bit-reproducible)")
+    where = lab.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, help="label on an existing dask scheduler (tcp://host:8786 or scheduler JSON file)")
+    where.add_argument("--workers", type=int, default=None, help="label on N local dask worker processes")
     lab.add_argument("--quiet", action="store_true", help="no progress bar")
     lab.set_defaults(func=_label)
     f = sub.add_parser("fit", help="step 6: fit ACE with pacemaker to the step-5 labels of CONFIG")

@@ -27,10 +27,16 @@ def load_teacher(cfg: PipelineConfig) -> MaceSurrogate:
                          compile=lab.compile)
 
 def run_step5(cfg: PipelineConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-              on_chunk: Callable[[int, int], None] | None = None) -> LabelingSummary:
-    "Label the step-4 structures with the MACE teacher and write the step-5 file."
-    return label_file(cfg.path(cfg.step4_file), cfg.path(cfg.step5_file), load_teacher(cfg),
-                      chunk_size=cfg.labeling.chunk_size, resume=resume, overwrite=overwrite,
+              on_chunk: Callable[[int, int], None] | None = None, scheduler: str | None = None,
+              workers: int | None = None) -> LabelingSummary:
+    "Label the step-4 structures with the MACE teacher and write the step-5 file (on dask workers if asked)."
+    lab, step4, step5 = cfg.labeling, cfg.path(cfg.step4_file), cfg.path(cfg.step5_file)
+    if scheduler is not None or workers is not None:
+        from pyacemaker.oracle.distributed import label_file_distributed
+        return label_file_distributed(step4, step5, lab.model, lab.device, lab.dtype, lab.head, lab.batch_atoms, lab.compile,
+                                      chunk_size=lab.chunk_size, resume=resume, overwrite=overwrite, progress=progress,
+                                      on_chunk=on_chunk, scheduler=scheduler, workers=workers)
+    return label_file(step4, step5, load_teacher(cfg), chunk_size=lab.chunk_size, resume=resume, overwrite=overwrite,
                       progress=progress, on_chunk=on_chunk)
 
 # %% ../nbs/04_orchestrator.ipynb #d99524ec

@@ -295,13 +295,14 @@ def label_file(input: str | Path, output: str | Path, surrogate: MaceSurrogate, 
     bar = tqdm(total=len(sizes), initial=n_done, unit="structure", desc=f"label {input.name}", disable=not progress)
     chunks = ((k, texts[0][0], lambda texts=texts: _parse_chunk(texts, input))
               for k, texts in _chunks_of_texts(input, chunk_size) if k not in done)
+    structures_now = n_done
     def finished(k, write, n_structures, n_atoms):
-        nonlocal atoms_now
+        nonlocal atoms_now, structures_now
         write.result()
-        atoms_now += n_atoms
+        atoms_now += n_atoms; structures_now += n_structures
         bar.update(n_structures)
         bar.set_postfix(atoms_per_s=f"{atoms_now / (time.perf_counter() - t0):.0f}")
-        if on_chunk is not None: on_chunk(k, bar.n)
+        if on_chunk is not None: on_chunk(k, structures_now)
     with ThreadPoolExecutor(1) as writer:       # chunk k is written while chunk k+1 is labeled
         pending = None
         for k, labeled in surrogate.label_stream(chunks, input):
