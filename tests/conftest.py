@@ -12,6 +12,18 @@ from pyacemaker.demo_data import demo_model_path, demo_step4_path
 from pyacemaker.utils.io import iter_frames, write_frames
 
 
+def cluster_and_slab():
+    """A rattled non-periodic Cu13 cluster and a Cu-Ag fcc(111) slab: labeled, but without stress."""
+    import numpy as np
+    from ase.build import bulk, fcc111
+    cluster = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)[:13]
+    cluster.pbc, cluster.cell = False, None
+    cluster.positions += np.random.default_rng(0).normal(scale=0.05, size=cluster.positions.shape)
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
+    slab.symbols[[1, 5]] = "Ag"
+    return [cluster, slab]
+
+
 @pytest.fixture(scope="session")
 def model_path():
     return demo_model_path()

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 from tqdm.auto import tqdm
 
 from .mace_wrapper import LabelingSummary, MaceSurrogate, scan_structures
-from .mace_wrapper import _assemble, _chunk_file, _chunks_of_texts, _manifest, _parse_chunk, _prepare_partial, _write_chunk
+from .mace_wrapper import _assemble, _chunk_file, _chunks_of_texts, _manifest, _parse_chunk, _prepare_partial, _run_paths, _write_chunk
 
 # %% auto #0
 __all__ = ['require_distributed', 'cached_surrogate', 'label_shard', 'dask_client', 'label_file_distributed']
@@ -160,13 +160,7 @@ def label_file_distributed(input: str | Path, output: str | Path, model_path: st
     "`label_file` with the chunks labeled by dask workers: a cluster at `scheduler`, `workers` local processes, or `client`."
     require_distributed()
     _check_where(scheduler, workers, client)
-    input, output = Path(input), Path(output)
-    if not input.is_file(): raise FileNotFoundError(f"{input}: structure file not found")
-    partial = output.with_name(output.name + ".partial")
-    if output.exists() and not overwrite:
-        if resume and not partial.exists():
-            raise FileExistsError(f"{output} is already complete; nothing to resume (use --overwrite to label again)")
-        if not resume: raise FileExistsError(f"{output} already exists; refusing to overwrite it (use --overwrite, or --resume an unfinished run)")
+    input, output, partial = _run_paths(input, output, resume, overwrite)
     teacher = MaceSurrogate(model_path, device="cpu", dtype=dtype, head=head, batch_atoms=batch_atoms, compile=False)
     sizes = scan_structures(input, teacher.elements)       # the teacher here gives elements and hashes; workers load their own
     n_chunks = (len(sizes) + chunk_size - 1) // chunk_size

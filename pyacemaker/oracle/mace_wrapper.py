@@ -250,6 +250,17 @@ def _prepare_partial(partial: Path, manifest: dict, resume: bool, overwrite: boo
     partial.mkdir(parents=True)
     with atomic_output(mfile) as tmp: tmp.write_text(json.dumps(manifest, indent=1))
 
+def _run_paths(input, output, resume: bool, overwrite: bool) -> tuple[Path, Path, Path]:
+    "Input, output and chunk folder of a labeling run, after the rules that protect finished work."
+    input, output = Path(input), Path(output)
+    if not input.is_file(): raise FileNotFoundError(f"{input}: structure file not found")
+    partial = output.with_name(output.name + ".partial")
+    if output.exists() and not overwrite:
+        if resume and not partial.exists():
+            raise FileExistsError(f"{output} is already complete; nothing to resume (use --overwrite to label again)")
+        if not resume: raise FileExistsError(f"{output} already exists; refusing to overwrite it (use --overwrite, or --resume an unfinished run)")
+    return input, output, partial
+
 def _chunk_file(partial: Path, k: int) -> Path: return partial / f"chunk_{k:06d}.xyz"
 
 def _chunks_of_texts(path: Path, chunk_size: int) -> Iterator[tuple[int, list[tuple[int, int, str]]]]:
@@ -279,13 +290,7 @@ def label_file(input: str | Path, output: str | Path, surrogate: MaceSurrogate, 
                resume: bool = False, overwrite: bool = False, progress: bool = True,
                on_chunk: Callable[[int, int], None] | None = None) -> LabelingSummary:
     "Label every structure of an extxyz file with MACE, streaming in durable chunks; write `output` when complete."
-    input, output = Path(input), Path(output)
-    if not input.is_file(): raise FileNotFoundError(f"{input}: structure file not found")
-    partial = output.with_name(output.name + ".partial")
-    if output.exists() and not overwrite:
-        if resume and not partial.exists():
-            raise FileExistsError(f"{output} is already complete; nothing to resume (use --overwrite to label again)")
-        if not resume: raise FileExistsError(f"{output} already exists; refusing to overwrite it (use --overwrite, or --resume an unfinished run)")
+    input, output, partial = _run_paths(input, output, resume, overwrite)
     sizes = scan_structures(input, surrogate.elements)
     n_chunks = (len(sizes) + chunk_size - 1) // chunk_size
     _prepare_partial(partial, _manifest(input, surrogate, chunk_size), resume, overwrite)

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-from ase.build import bulk, fcc111
 from ase.io import read
 
 from pyacemaker.demo_data import step4_frames
@@ -15,6 +14,7 @@ from pyacemaker.oracle import distributed as dist
 from pyacemaker.oracle.distributed import dask_client, label_file_distributed
 from pyacemaker.oracle.mace_wrapper import MaceSurrogate, label_file
 from pyacemaker.utils.io import write_frames
+from tests.conftest import cluster_and_slab
 
 dask = pytest.importorskip("dask")
 pytest.importorskip("distributed")
@@ -24,13 +24,8 @@ CHUNK = 25      # 202 structures -> 9 shards
 
 def mixed_structures():
     """200 step-4 cells of 4 to 108 atoms, plus a non-periodic cluster and a slab (no stress) in the middle."""
-    cluster = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)[:13]
-    cluster.pbc, cluster.cell = False, None
-    cluster.positions += np.random.default_rng(0).normal(scale=0.05, size=cluster.positions.shape)
-    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
-    slab.symbols[[1, 5]] = "Ag"
     frames = step4_frames(200, seed=21)
-    return frames[:60] + [cluster, slab] + frames[60:]
+    return frames[:60] + cluster_and_slab() + frames[60:]
 
 
 @pytest.fixture(scope="module")

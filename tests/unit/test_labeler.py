@@ -11,25 +11,21 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import bulk, fcc111
+from ase.build import bulk
 from ase.io import read, write
 
 from pyacemaker.demo_data import step4_frames
 from pyacemaker.oracle.mace_wrapper import (MaceSurrogate, _choose_head, atom_budget_batches, label_file)
 from pyacemaker.utils.io import StructureError
+from tests.conftest import cluster_and_slab
 
 PYACEMAKER = str(Path(sys.executable).with_name("pyacemaker"))   # the console script of this environment
 
 
 def mixed_structures():
     """Different sizes and compositions, a non-periodic cluster and a slab."""
-    cluster = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)[:13]
-    cluster.pbc, cluster.cell = False, None
-    cluster.positions += np.random.default_rng(0).normal(scale=0.05, size=cluster.positions.shape)
-    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
-    slab.symbols[[1, 5]] = "Ag"
     small = bulk("Ag", "fcc", a=4.06)                           # 1-atom primitive cell
-    return step4_frames(8, seed=5) + [cluster, slab, small]
+    return step4_frames(8, seed=5) + cluster_and_slab() + [small]
 
 
 @pytest.mark.parametrize("compile", [True, False])
@@ -122,7 +118,7 @@ def test_output_is_readable_extxyz(teacher32, step4_small, tmp_path):
 
 
 def test_clusters_and_slabs_are_labeled_without_stress(teacher64, tmp_path):
-    cluster, slab = mixed_structures()[8:10]
+    cluster, slab = cluster_and_slab()
     write(tmp_path / "in.xyz", [cluster, slab], format="extxyz")
     label_file(tmp_path / "in.xyz", tmp_path / "out.xyz", teacher64, progress=False)
     for b in read(tmp_path / "out.xyz", ":"):
