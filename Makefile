@@ -8,7 +8,7 @@ export MPLBACKEND ?= Agg
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 WORK_DIR ?= runs/demo
 
-.PHONY: install demo test sync-check nbtest pytest export bench assets clean readme
+.PHONY: install demo test sync-check nbtest pytest export bench assets clean readme notebooks
 
 install:
 	@bash tools/install.sh
@@ -41,3 +41,6 @@ clean:
 
 readme:
 	$(BIN)/python tools/make_readme.py
+
+notebooks: install
+	$(BIN)/python tools/run_notebooks.py nbs/[0-9]*.ipynb nbs/index.ipynb && $(BIN)/nbdev_clean

@@ -13,6 +13,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from ase import Atoms
 from ase.units import GPa
 
@@ -167,7 +168,7 @@ def speed_comparison(cfg: PipelineConfig, frames: list[Atoms]) -> dict:
     return {"ace_atoms_per_s": ace_s, "mace_atoms_per_s": mace_s, "speedup": ace_s / mace_s,
             "n_structures": len(frames), "n_atoms": int(sum(len(a) for a in frames)),
             "mace": f"{teacher.dtype} on {teacher.device}, batches of <= {teacher.batch_atoms} atoms",
-            "threads": int(__import__("torch").get_num_threads())}
+            "threads": torch.get_num_threads()}
 
 # %% ../../nbs/05_report.ipynb #a9444d4d
 METRICS_KEYS = ["train", "test", "pacemaker_agreement", "extrapolation", "speed", "files"]
