@@ -8,7 +8,7 @@ export MPLBACKEND ?= Agg
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 WORK_DIR ?= runs/demo
 
-.PHONY: install demo test sync-check nbtest pytest export bench assets clean readme notebooks
+.PHONY: install demo test sync-check nbtest pytest export bench assets clean readme notebooks bench-speed
 
 install:
 	@bash tools/install.sh
@@ -32,6 +32,10 @@ export: install
 
 bench: install
 	$(BIN)/python bench/bench_label.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/bench_distributed.py
+
+bench-speed: demo
+	$(BIN)/python bench/bench_speed.py
 
 assets: install
 	$(BIN)/python tools/make_demo_assets.py
