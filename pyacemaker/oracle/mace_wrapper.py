@@ -35,8 +35,8 @@ from mace.tools.utils import AtomicNumberTable
 from ..utils.io import StructureError, atomic_output, check_structure, iter_frame_texts, parse_frame, scan_frame
 
 # %% auto #0
-__all__ = ['file_sha256', 'MaceSurrogate', 'atom_budget_batches', 'label_stream', 'compute_batch', 'LabelingSummary',
-           'scan_structures', 'label_file']
+__all__ = ['file_sha256', 'MaceSurrogate', 'atom_budget_batches', 'FrameTexts', 'label_stream', 'compute_batch',
+           'LabelingSummary', 'scan_structures', 'label_file']
 
 # %% ../../nbs/02_labeler.ipynb #90e1e8f1
 def file_sha256(path: str | Path, nbytes: int = 1 << 20) -> str:
@@ -173,34 +173,46 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
         except queue.Full: pass
     return False
 
+class FrameTexts:
+    "Unparsed frames of one chunk: atom counts read from the headers, frames parsed on demand."
+    def __init__(self, texts: list[tuple[int, int, str]], path): self.texts, self.path = texts, path
+    def sizes(self) -> list[int]: return [int(text.split(None, 1)[0]) for _, _, text in self.texts]
+    def parse(self, idx: Sequence[int]) -> list[Atoms]:
+        return [parse_frame(self.texts[i][2], self.path, self.texts[i][0], self.texts[i][1]) for i in idx]
+
 def _produce(self, chunks: Iterator, path, q: queue.Queue, stop: threading.Event) -> None:
-    "Preparation thread: check each chunk, then build graphs and collated batches, in order."
+    "Preparation thread: per batch, parse (for `FrameTexts`), check, build graphs and collate, in order."
     try:
         torch_tools.set_default_dtype(self.dtype)
-        for key, first, frames in chunks:
-            if callable(frames): frames = frames()
-            for i, atoms in enumerate(frames): check_structure(atoms, path, first + i, self.elements)
-            groups = atom_budget_batches([len(a) for a in frames], self.batch_atoms)
+        for key, first, chunk in chunks:
+            lazy = isinstance(chunk, FrameTexts)
+            if not lazy:   # structures in memory: check them all before any compute
+                for i, atoms in enumerate(chunk): check_structure(atoms, path, first + i, self.elements)
+            groups = atom_budget_batches(chunk.sizes() if lazy else [len(a) for a in chunk], self.batch_atoms)
             for g, group in enumerate(groups):
-                if not _put(q, (key, frames, g == len(groups) - 1, *self._prepare([frames[i] for i in group])), stop): return
+                frames = chunk.parse(group) if lazy else [chunk[i] for i in group]
+                if lazy:
+                    for i, atoms in zip(group, frames): check_structure(atoms, path, first + i, self.elements)
+                if not _put(q, (key, frames, g == len(groups) - 1, *self._prepare(frames)), stop): return
         _put(q, _END, stop)
     except BaseException as err:
         _put(q, err, stop)
 
 def label_stream(self, chunks: Iterable[tuple], path="structures") -> Iterator[tuple[object, list[Atoms]]]:
-    "Label `(key, first_frame, structures)` chunks in order; a thread prepares the next batches while the model runs."
+    "Label `(key, first_frame, structures or FrameTexts)` chunks in order; a thread prepares the next batches meanwhile."
     q, stop = queue.Queue(maxsize=3), threading.Event()
     worker = threading.Thread(target=self._produce, args=(iter(chunks), path, q, stop), daemon=True)
     worker.start()
-    prov, results = self._provenance(), []
+    prov, chunk_frames, results = self._provenance(), [], []
     try:
         while (item := q.get()) is not _END:
             if isinstance(item, BaseException): raise item
             key, frames, last, graphs, batch = item
+            chunk_frames += frames
             results += self._evaluate(graphs, batch)
             if last:
-                yield key, [_labeled(a, e, f, s if _has_stress(a) else None, prov) for a, (e, f, s) in zip(frames, results)]
-                results = []
+                yield key, [_labeled(a, e, f, s if _has_stress(a) else None, prov) for a, (e, f, s) in zip(chunk_frames, results)]
+                chunk_frames, results = [], []
     finally:
         stop.set(); worker.join()
 
@@ -298,8 +310,7 @@ def label_file(input: str | Path, output: str | Path, surrogate: MaceSurrogate, 
     n_done = sum(len(sizes[k * chunk_size:(k + 1) * chunk_size]) for k in done)
     t0, atoms_now = time.perf_counter(), 0
     bar = tqdm(total=len(sizes), initial=n_done, unit="structure", desc=f"label {input.name}", disable=not progress)
-    chunks = ((k, texts[0][0], lambda texts=texts: _parse_chunk(texts, input))
-              for k, texts in _chunks_of_texts(input, chunk_size) if k not in done)
+    chunks = ((k, texts[0][0], FrameTexts(texts, input)) for k, texts in _chunks_of_texts(input, chunk_size) if k not in done)
     structures_now = n_done
     def finished(k, write, n_structures, n_atoms):
         nonlocal atoms_now, structures_now
