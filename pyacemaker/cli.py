@@ -49,7 +49,8 @@ def _run(args) -> None:
     "Steps 5 and 6 of a pipeline config."
     from pyacemaker.orchestrator import run_pipeline
     labels, fit = run_pipeline(load_config(args.config), resume=args.resume, overwrite=args.overwrite,
-                               progress=not args.quiet, executable=args.pacemaker)
+                               progress=not args.quiet, executable=args.pacemaker, scheduler=args.scheduler,
+                               workers=args.workers)
     print(labels if labels is not None else "step 5: labels already complete, reused")
     print(fit)
 
@@ -64,6 +65,19 @@ def _demo(args) -> None:
     print(format_demo(run_demo(args.work_dir, overwrite=args.overwrite, progress=not args.quiet)))
 
 # %% ../nbs/06_cli.ipynb #7e67b9fd
+def _add_dask_options(p: argparse.ArgumentParser) -> None:
+    "--scheduler / --workers: label on dask workers instead of in this process."
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, help="label on an existing dask scheduler (tcp://host:8786 or scheduler JSON file)")
+    where.add_argument("--workers", type=int, default=None, help="label on N local dask worker processes")
+
+def _add_fit_options(p: argparse.ArgumentParser, overwrite_help: str) -> None:
+    "Options shared by the subcommands that run pacemaker."
+    p.add_argument("config", type=Path)
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p.add_argument("--pacemaker", default="pacemaker", help="pacemaker executable")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
 def build_parser() -> argparse.ArgumentParser:
     "The `pyacemaker` argument parser with all subcommands."
     p = argparse.ArgumentParser(prog="pyacemaker", description="Distil a MACE potential into a fast ACE potential (steps 5 and 6).")
@@ -82,24 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--resume", action="store_true", help="continue an interrupted run")
     lab.add_argument("--overwrite", action="store_true", help="replace an existing output")
     lab.add_argument("--compile", action="store_true", help="TorchScript-compile the model (faster, not bit-reproducible)")
-    where = lab.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", default=None, help="label on an existing dask scheduler (tcp://host:8786 or scheduler JSON file)")
-    where.add_argument("--workers", type=int, default=None, help="label on N local dask worker processes")
+    _add_dask_options(lab)
     lab.add_argument("--quiet", action="store_true", help="no progress bar")
     lab.set_defaults(func=_label)
     f = sub.add_parser("fit", help="step 6: fit ACE with pacemaker to the step-5 labels of CONFIG")
-    f.add_argument("config", type=Path)
+    _add_fit_options(f, "replace an existing models/ace_base.yace")
     f.add_argument("--dry-run", action="store_true", help="write data and input.yaml, print the command, do not run pacemaker")
-    f.add_argument("--overwrite", action="store_true", help="replace an existing models/ace_base.yace")
-    f.add_argument("--pacemaker", default="pacemaker", help="pacemaker executable")
-    f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_fit)
     r = sub.add_parser("run", help="steps 5 and 6 of CONFIG: label, then fit")
-    r.add_argument("config", type=Path)
+    _add_fit_options(r, "relabel and refit, replacing finished files")
     r.add_argument("--resume", action="store_true", help="continue an interrupted labeling run")
-    r.add_argument("--overwrite", action="store_true", help="relabel and refit, replacing finished files")
-    r.add_argument("--pacemaker", default="pacemaker", help="pacemaker executable")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dask_options(r)
     r.set_defaults(func=_run)
     rep = sub.add_parser("report", help="parity plots, errors, extrapolation grades and speed of the fitted ACE potential")
     rep.add_argument("config", type=Path)

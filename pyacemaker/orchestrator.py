@@ -95,11 +95,12 @@ def run_step6(cfg: PipelineConfig, overwrite: bool = False, dry_run: bool = Fals
 
 # %% ../nbs/04_orchestrator.ipynb #f27e55ef
 def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                 executable: str = "pacemaker") -> tuple[LabelingSummary | None, FitResult]:
+                 executable: str = "pacemaker", scheduler: str | None = None,
+                 workers: int | None = None) -> tuple[LabelingSummary | None, FitResult]:
     "Step 5 then step 6. A finished step-5 file is reused (not relabeled) unless `overwrite`; an interrupted one needs `resume`."
     step5 = cfg.path(cfg.step5_file)
     partial = step5.with_name(step5.name + ".partial")
     labels = None
     if overwrite or not step5.exists() or partial.exists():
-        labels = run_step5(cfg, resume=resume, overwrite=overwrite, progress=progress)
+        labels = run_step5(cfg, resume=resume, overwrite=overwrite, progress=progress, scheduler=scheduler, workers=workers)
     return labels, run_step6(cfg, overwrite=overwrite, progress=progress, executable=executable)
