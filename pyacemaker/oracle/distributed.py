@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 from tqdm.auto import tqdm
 
 from .mace_wrapper import LabelingSummary, MaceSurrogate, scan_structures
-from .mace_wrapper import _assemble, _chunk_file, _chunks_of_texts, _manifest, _parse_chunk, _prepare_partial, _run_paths, _write_chunk
+from .mace_wrapper import FrameTexts, _assemble, _chunk_file, _chunks_of_texts, _manifest, _prepare_partial, _run_paths, _write_chunk
 
 # %% auto #0
 __all__ = ['require_distributed', 'cached_surrogate', 'label_shard', 'dask_client', 'label_file_distributed']
@@ -79,20 +79,16 @@ def _check_run(partial: Path, manifest: dict) -> None:
     if json.loads(mfile.read_text()) != manifest:
         raise RuntimeError(f"{partial} now belongs to another labeling run; this shard is not written")
 
-def _n_atoms(texts: list) -> int:
-    "Atoms in a chunk of unparsed frames (the count on each frame's first line)."
-    return sum(int(text.split(None, 1)[0]) for _, _, text in texts)
-
 def label_shard(k: int, texts: list, input: str, partial: str, spec: dict, manifest: dict) -> dict:
     "Task: label chunk `k` with the batched labeler and write it durably (nothing to do if it exists); counts and timings."
-    partial, t0 = Path(partial), time.perf_counter()
+    partial, t0, chunk = Path(partial), time.perf_counter(), FrameTexts(texts, Path(input))
     _check_run(partial, manifest)
-    stats = dict(k=k, n_structures=len(texts), n_atoms=_n_atoms(texts), worker=f"{socket.gethostname()}:{os.getpid()}",
+    stats = dict(k=k, n_structures=len(texts), n_atoms=sum(chunk.sizes()), worker=f"{socket.gethostname()}:{os.getpid()}",
                  load_s=0.0, label_s=0.0, written=False)
     if not _chunk_file(partial, k).exists():
         teacher, stats["load_s"] = cached_surrogate(spec)
         t1 = time.perf_counter()
-        labeled = teacher.compute_batch(_parse_chunk(texts, Path(input)), Path(input), texts[0][0])
+        labeled = next(teacher.label_stream([(k, texts[0][0], chunk)], Path(input)))[1]   # the local labeler's path
         stats["label_s"] = time.perf_counter() - t1
         try:
             _write_chunk(partial, k, labeled)

@@ -283,10 +283,6 @@ def _chunks_of_texts(path: Path, chunk_size: int) -> Iterator[tuple[int, list[tu
         if len(chunk) == chunk_size: yield k, chunk; chunk, k = [], k + 1
     if chunk: yield k, chunk
 
-def _parse_chunk(texts: list, path: Path) -> list[Atoms]:
-    "Parse the frames of one chunk (in the preparation thread)."
-    return [parse_frame(text, path, i, line) for i, line, text in texts]
-
 def _write_chunk(partial: Path, k: int, labeled: list[Atoms]) -> None:
     "Write one finished chunk durably (temporary name, fsync, rename)."
     with atomic_output(_chunk_file(partial, k)) as tmp: write(tmp, labeled, format="extxyz")
