@@ -9,7 +9,10 @@ cfg.read(Path(__file__).parent / "settings.ini")
 cfg = cfg["DEFAULT"]
 
 requirements = cfg.get("requirements", "").split()
-dev_requirements = cfg.get("dev_requirements", "").split()
+extras = {"fit": cfg.get("fit_requirements", "").split(),            # pacemaker's TensorFlow
+          "fit-nodeps": cfg.get("fit_nodeps_requirements", "").split(),  # install with --no-deps (see tools/install.sh)
+          "distributed": cfg.get("distributed_requirements", "").split(),
+          "dev": cfg.get("dev_requirements", "").split()}
 console_scripts = cfg.get("console_scripts", "").split()
 
 setuptools.setup(
@@ -27,7 +30,7 @@ setuptools.setup(
     package_data={"pyacemaker": ["data/*"]},
     include_package_data=True,
     install_requires=requirements,
-    extras_require={"dev": dev_requirements, "distributed": ["dask[distributed]"]},
+    extras_require=extras,
     entry_points={"console_scripts": console_scripts, "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     zip_safe=False,
 )
