@@ -21,8 +21,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pyacemaker.demo_data import demo_model_path, step4_frames
-from pyacemaker.oracle.distributed import _model_spec, dask_client, label_file_distributed, label_shard
-from pyacemaker.oracle.mace_wrapper import MaceSurrogate, _chunks_of_texts, _manifest, label_file
+from pyacemaker.domain_models.config import LabelingConfig
+from pyacemaker.oracle.chunked_run import RunFiles, chunks_of_texts, label_file, run_manifest, text_fingerprint
+from pyacemaker.oracle.distributed import dask_client, label_file_distributed, label_shard, model_spec
+from pyacemaker.oracle.mace_wrapper import MaceSurrogate
 from pyacemaker.utils.io import write_frames
 
 MODEL, DTYPE = demo_model_path(), "float32"
@@ -36,33 +38,34 @@ def timed(fn):
 
 def distributed_runs(src, work, n_workers, chunk):
     """Cold (fresh cluster) and warm (same cluster again) distributed labeling, plus the per-task round trip."""
-    kw = dict(dtype=DTYPE, chunk_size=chunk, progress=False, overwrite=True)
+    lab = LabelingConfig(model=MODEL, dtype=DTYPE, chunk_size=chunk)
     t0 = time.perf_counter()
     with dask_client(workers=n_workers) as client:
         start_s = time.perf_counter() - t0
-        cold_s, cold = timed(lambda: label_file_distributed(src, work / f"d{n_workers}.xyz", MODEL, client=client, **kw))
-        warm_s, warm = timed(lambda: label_file_distributed(src, work / f"d{n_workers}.xyz", MODEL, client=client, **kw))
-        rt = round_trip(client, src, work / f"tiny{n_workers}.partial") if n_workers == 1 else None
+        run = lambda: label_file_distributed(src, work / f"d{n_workers}.xyz", lab, client=client, progress=False, overwrite=True)
+        cold_s, cold = timed(run)
+        warm_s, warm = timed(run)
+        rt = round_trip(client, src, work / f"tiny{n_workers}.xyz") if n_workers == 1 else None
     return dict(workers=n_workers, start_s=start_s, cold_s=cold_s, cold_total_s=start_s + cold_s, warm_s=warm_s,
                 model_load_s_per_worker=cold["model_load_s"] / max(cold["n_workers"], 1), n_workers_used=cold["n_workers"],
                 warm_structures_per_s=warm["n_structures"] / warm_s, cold_structures_per_s=cold["n_structures"] / (start_s + cold_s),
                 round_trip=rt)
 
 
-def round_trip(client, src, partial, repeats=20):
+def round_trip(client, src, output, repeats=20):
     """Wall time of one 1-structure shard task on a warm worker, and how much of it is spent inside the task."""
-    teacher = MaceSurrogate(MODEL, dtype=DTYPE, compile=False)
-    manifest = _manifest(Path(src), teacher, 1)
-    partial.mkdir(parents=True, exist_ok=True)
-    (partial / "manifest.json").write_text(json.dumps(manifest))
-    k, texts = next(_chunks_of_texts(Path(src), 1))
-    spec = _model_spec(MODEL, dtype=DTYPE, head=teacher.head)
+    surrogate = MaceSurrogate(MODEL, dtype=DTYPE, compile=False)
+    manifest, files = run_manifest(surrogate, 1), RunFiles(Path(output).resolve())
+    files.partial.mkdir(parents=True, exist_ok=True)
+    files.manifest.write_text(json.dumps(manifest))
+    k, texts = next(chunks_of_texts(Path(src), 1))
+    fp, spec = text_fingerprint(texts), model_spec(LabelingConfig(model=MODEL, dtype=DTYPE))
     walls, inside = [], []
     for i in range(repeats + 1):
-        chunk = partial / f"chunk_{k:06d}.xyz"
+        chunk = files.chunk(k, fp)
         if chunk.exists(): chunk.unlink()
         t0 = time.perf_counter()
-        stats = client.submit(label_shard, k, texts, str(src), str(partial.resolve()), spec, manifest, pure=False).result()
+        stats = client.submit(label_shard, k, fp, texts, str(src), str(files.output), spec, manifest, pure=False).result()
         if i: walls.append(time.perf_counter() - t0); inside.append(stats["seconds"])
     walls.sort(); inside.sort()
     return dict(wall_ms=1e3 * walls[len(walls) // 2], in_task_ms=1e3 * inside[len(inside) // 2],
@@ -71,7 +74,7 @@ def round_trip(client, src, partial, repeats=20):
 
 def serialization(src, chunk):
     """Size and pickling time of one shard's arguments (the unparsed text of `chunk` frames)."""
-    k, texts = next(_chunks_of_texts(Path(src), chunk))
+    k, texts = next(chunks_of_texts(Path(src), chunk))
     dt, blob = timed(lambda: pickle.dumps(texts, protocol=5))
     return dict(structures=len(texts), kib=len(blob) / 1024, ms=1e3 * dt, bytes_per_structure=len(blob) / len(texts))
 

@@ -24,7 +24,8 @@ import numpy as np
 from ase.io import read, write
 
 from pyacemaker.demo_data import demo_model_path, random_cuag_cell, step4_frames
-from pyacemaker.oracle.mace_wrapper import MaceSurrogate, label_file
+from pyacemaker.oracle.chunked_run import label_file
+from pyacemaker.oracle.mace_wrapper import MaceSurrogate
 
 MODEL = demo_model_path()
 DTYPE = "float32"

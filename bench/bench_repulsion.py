@@ -59,12 +59,24 @@ def fit(run: Path) -> float:
     return fit_s
 
 
+def held_out_errors(yace: Path, table) -> dict:
+    "RMSE of the deployed .yace on a table: (E − ΣE0)/N vs energy_corrected (meV/atom), force components (meV/Å)."
+    import numpy as np
+    from pyace import PyACECalculator
+    from pyacemaker.utils.io import table_frames
+    calc, de, df = PyACECalculator(str(yace)), [], []
+    for ref, row in zip(table_frames(table), table.itertuples()):   # pace_yaml2yace writes E0 = 0: energies are E − ΣE0
+        at = ref.copy(); at.calc = calc
+        de.append((at.get_potential_energy() - row.energy_corrected) / len(at)); df.append((at.get_forces() - ref.get_forces()).ravel())
+    return {"energy_rmse_meV_per_atom": 1e3 * float(np.sqrt(np.mean(np.square(de)))),
+            "forces_rmse_meV_per_A": 1e3 * float(np.sqrt(np.mean(np.square(np.concatenate(df)))))}
+
+
 def evaluate(run: Path, teacher, temperatures_K=(300.0, 1500.0)) -> dict:
     "Held-out errors of the deployed .yace and the MD check of one fit."
     from pyacemaker.report.md import md_check, md_metrics
-    from pyacemaker.report.parity import ace_predictions, parity_metrics
     from pyacemaker.utils.io import read_training_table, table_frames
-    test = parity_metrics(ace_predictions(run / "output_potential.yace", read_training_table(run / "test.pckl.gzip"), "test"))
+    test = held_out_errors(run / "output_potential.yace", read_training_table(run / "test.pckl.gzip"))
     train = read_training_table(run / "train.pckl.gzip")
     t0 = time.perf_counter()
     md = md_metrics(md_check(run / "output_potential.yaml", run / "output_potential.asi", table_frames(train),
@@ -91,12 +103,13 @@ def main():
     (a.work / "repulsion.json").write_text(json.dumps(results, indent=1))
     print(f"{'repulsion':<10}{'test E':>9}{'test F':>9}{'T [K]':>7}{'stable':>8}{'max γ':>8}{'d_min Å':>9}"
           f"{'drift':>9}{'MD E':>7}{'MD F':>7}")
+    num = lambda x, width, f: f"{'-' if x is None else format(x, f):>{width}}"   # md_metrics writes NaN as None
     for name, r in results.items():
         for run in r["md"]["runs"]:
             print(f"{name:<10}{r['test']['energy_rmse_meV_per_atom']:>9.2f}{r['test']['forces_rmse_meV_per_A']:>9.1f}"
-                  f"{run['temperature_K']:>7.0f}{str(run['stable']):>8}{run['max_gamma']:>8.2f}{run['min_distance_A']:>9.3f}"
-                  f"{run['nve_drift_meV_per_atom_per_ps']:>9.3f}{run.get('teacher_energy_rmse_meV_per_atom', float('nan')):>7.2f}"
-                  f"{run.get('teacher_forces_rmse_meV_per_A', float('nan')):>7.1f}")
+                  f"{run['temperature_K']:>7.0f}{str(run['stable']):>8}{num(run['max_gamma'], 8, '.2f')}"
+                  f"{num(run['min_distance_A'], 9, '.3f')}{num(run['nve_drift_meV_per_atom_per_ps'], 9, '.3f')}"
+                  f"{num(run.get('teacher_energy_rmse_meV_per_atom'), 7, '.2f')}{num(run.get('teacher_forces_rmse_meV_per_A'), 7, '.1f')}")
     print("errors: test E meV/atom, F meV/Å (held out); MD: ACE vs MACE on the run's snapshots; drift meV/atom/ps (NVE)")
     print(f"written {a.work / 'repulsion.json'}")
 

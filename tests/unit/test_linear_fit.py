@@ -11,7 +11,8 @@ from pyacemaker.demo_data import demo_step4_path
 from pyacemaker.domain_models.config import AceTrainingConfig
 from pyacemaker.trainer.ace_trainer import split_train_test
 from pyacemaker.trainer.linear_fit import (MAX_LINEAR_FUNCTIONS, fit_linear_ace, fit_metrics, linear_basis,
-                                           linear_potential, yaml_to_yace)
+                                           linear_potential)
+from pyacemaker.trainer.ace_trainer import yaml_to_yace
 from pyacemaker.utils.io import iter_frames, read_training_table, table_frames, training_table, write_training_table
 
 CFG = AceTrainingConfig(elements=["Cu", "Ag"], max_basis_grade=30, kappa=0.1, seed=3)
@@ -38,7 +39,8 @@ def fitted(tables, tmp_path_factory):
     write_training_table(tables[1], run_dir / "test.pckl.gzip")
     code = NO_TENSORFLOW + f"""
 from pyacemaker.domain_models.config import AceTrainingConfig
-from pyacemaker.trainer.linear_fit import fit_linear_ace, yaml_to_yace
+from pyacemaker.trainer.ace_trainer import yaml_to_yace
+from pyacemaker.trainer.linear_fit import fit_linear_ace
 pot = fit_linear_ace({str(run_dir)!r}, AceTrainingConfig.model_validate_json({CFG.model_dump_json()!r}))
 yaml_to_yace(pot, {str(run_dir / "output_potential.yace")!r})
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorpotential", "tf_keras", "keras")
