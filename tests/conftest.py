@@ -8,9 +8,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
 import pytest
+from ase.io import read
 
-from pyacemaker.demo_data import demo_model_path, demo_multihead_model_path, demo_step4_path, mixed_step4_frames
+from pyacemaker.demo_data import demo_model_path, demo_step4_path, mixed_step4_frames
 from pyacemaker.utils.io import iter_frames, write_frames
 
 #: the console script of this environment
@@ -33,7 +35,7 @@ def model_path():
 
 @pytest.fixture(scope="session")
 def multihead_model_path():
-    return demo_multihead_model_path()
+    return demo_model_path(heads=2)
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +105,36 @@ def make_pipeline_config():
 @pytest.fixture(scope="session")
 def tiny_fit():
     return dict(TINY_FIT)
+
+
+def labels(atoms):
+    """(energy, forces, stress or None) of a labeled frame, under ASE's or mace's keys."""
+    if atoms.calc is not None:
+        r = atoms.calc.results
+        return r["energy"], r["forces"], r.get("stress")
+    return atoms.info["REF_energy"], atoms.arrays["REF_forces"], atoms.info.get("REF_stress")
+
+
+def _assert_same_labels(path, reference, exact=False):
+    """`path` holds the structures of `reference` (labeled Atoms) in the same order, with the same labels (float32
+    tolerance unless `exact`) and the same provenance."""
+    got = read(path, ":")
+    assert len(got) == len(reference)
+    for a, r in zip(got, reference):
+        assert a.get_chemical_symbols() == r.get_chemical_symbols()
+        np.testing.assert_array_equal(a.positions, r.positions)
+        np.testing.assert_array_equal(a.pbc, r.pbc)
+        assert {k: v for k, v in a.info.items() if k.startswith("mace_")} == \
+               {k: v for k, v in r.info.items() if k.startswith("mace_")}
+        (ea, fa, sa), (er, fr, sr) = labels(a), labels(r)
+        tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(ea, er, **{**tol, "atol": tol["atol"] * len(a)})
+        np.testing.assert_allclose(fa, fr, **tol)
+        assert (sa is None) == (sr is None)
+        if sr is not None: np.testing.assert_allclose(sa, sr, rtol=tol["rtol"], atol=tol["atol"] / 100)
+
+
+@pytest.fixture(scope="session")
+def assert_same_labels():
+    """`assert_same_labels(path, reference, exact=False)`: a labeled file equals reference structures."""
+    return _assert_same_labels

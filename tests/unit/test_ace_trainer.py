@@ -307,13 +307,22 @@ def test_default_command_is_the_pacemaker_of_this_environment(tmp_path):
     assert os.path.basename(exe) == "pacemaker" and os.access(exe, os.X_OK) and cmd.endswith(" input.yaml")
 
 
-def test_checkpoint_and_resume_arguments(tmp_path, tables, recording_pacemaker, monkeypatch):
+@pytest.fixture
+def prepared(tmp_path, tables, recording_pacemaker):
+    """`prepared(**config)`: a PacemakerWrapper on the recording stand-in (checkpoint at every iteration), its run folder
+    prepared, and the stand-in's call record."""
+    exe, calls = recording_pacemaker
+    def make(**kw):
+        w = PacemakerWrapper(cfg(**kw), executable=exe, progress=False, checkpoint_every_s=0)
+        w.prepare(tables[0], tables[1], tmp_path / "fit")
+        return w, tmp_path / "fit", calls
+    return make
+
+
+def test_checkpoint_and_resume_arguments(prepared, monkeypatch):
     """A run that dies after 6 iterations keeps a checkpoint; resume runs `-p checkpoint.yaml` for the remaining
     iterations and counts all of them."""
-    exe, calls = recording_pacemaker
-    w = PacemakerWrapper(cfg(maxiter=20), executable=exe, progress=False, checkpoint_every_s=0)
-    run_dir = tmp_path / "fit"
-    w.prepare(tables[0], tables[1], run_dir)
+    w, run_dir, calls = prepared(maxiter=20)
     monkeypatch.setenv("FAKE_ITERS", "6")
     with pytest.raises(PacemakerError):
         w.run(run_dir)
@@ -335,13 +344,8 @@ def test_checkpoint_and_resume_arguments(tmp_path, tables, recording_pacemaker, 
     assert log.count("fake pacemaker done") == 2                           # the log of both runs is kept
 
 
-def test_resume_of_a_ladder_fit_starts_from_the_checkpoint_as_initial_potential(tmp_path, tables, recording_pacemaker,
-                                                                             monkeypatch):
-    exe, calls = recording_pacemaker
-    w = PacemakerWrapper(cfg(maxiter=20, ladder_step=2, max_basis_grade=6), executable=exe, progress=False,
-                         checkpoint_every_s=0)
-    run_dir = tmp_path / "fit"
-    w.prepare(tables[0], tables[1], run_dir)
+def test_resume_of_a_ladder_fit_starts_from_the_checkpoint_as_initial_potential(prepared, monkeypatch):
+    w, run_dir, calls = prepared(maxiter=20, ladder_step=2, max_basis_grade=6)
     monkeypatch.setenv("FAKE_ITERS", "3")
     with pytest.raises(PacemakerError):
         w.run(run_dir)
@@ -350,22 +354,16 @@ def test_resume_of_a_ladder_fit_starts_from_the_checkpoint_as_initial_potential(
     assert calls()[-1]["argv"] == ["input.yaml", "-ip", "checkpoint.yaml"]
 
 
-def test_iterations_are_counted_at_display_steps_too(tmp_path, tables, recording_pacemaker, monkeypatch):
-    exe, _ = recording_pacemaker
-    w = PacemakerWrapper(cfg(maxiter=25), executable=exe, progress=False, checkpoint_every_s=0)
-    run_dir = tmp_path / "fit"
-    w.prepare(tables[0], tables[1], run_dir)
+def test_iterations_are_counted_at_display_steps_too(prepared, monkeypatch):
+    w, run_dir, _ = prepared(maxiter=25)
     monkeypatch.setenv("FAKE_ITERS", "25"); monkeypatch.setenv("FAKE_DISPLAY", "10"); monkeypatch.setenv("FAKE_RC", "0")
     result = w.run(run_dir)
     assert json.loads((run_dir / "checkpoint.json").read_text())["iterations_done"] == 24   # no save time: one fewer
     assert result["iterations"] == 25
 
 
-def test_a_fresh_run_discards_an_old_checkpoint(tmp_path, tables, recording_pacemaker, monkeypatch):
-    exe, calls = recording_pacemaker
-    w = PacemakerWrapper(cfg(maxiter=20), executable=exe, progress=False, checkpoint_every_s=0)
-    run_dir = tmp_path / "fit"
-    w.prepare(tables[0], tables[1], run_dir)
+def test_a_fresh_run_discards_an_old_checkpoint(prepared, monkeypatch):
+    w, run_dir, calls = prepared(maxiter=20)
     monkeypatch.setenv("FAKE_ITERS", "4")
     with pytest.raises(PacemakerError):
         w.run(run_dir)

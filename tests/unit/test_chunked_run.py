@@ -23,32 +23,6 @@ from pyacemaker.oracle.mace_wrapper import MaceSurrogate
 from pyacemaker.utils.io import ExistingOutput, MissingInput, RunLocked, StructureError, write_frames
 
 
-def labels(atoms):
-    """(energy, forces, stress or None) of a labeled frame, under ASE's or mace's keys."""
-    if atoms.calc is not None:
-        r = atoms.calc.results
-        return r["energy"], r["forces"], r.get("stress")
-    return atoms.info["REF_energy"], atoms.arrays["REF_forces"], atoms.info.get("REF_stress")
-
-
-def assert_same(path, reference, exact=False):
-    """`path` holds the structures of `reference` (a list of labeled Atoms) with the same labels and provenance."""
-    got = read(path, ":")
-    assert len(got) == len(reference)
-    for a, r in zip(got, reference):
-        assert a.get_chemical_symbols() == r.get_chemical_symbols()
-        np.testing.assert_array_equal(a.positions, r.positions)
-        np.testing.assert_array_equal(a.pbc, r.pbc)
-        assert {k: v for k, v in a.info.items() if k.startswith("mace_")} == \
-               {k: v for k, v in r.info.items() if k.startswith("mace_")}
-        (ea, fa, sa), (er, fr, sr) = labels(a), labels(r)
-        tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-6, atol=1e-5)
-        np.testing.assert_allclose(ea, er, **{**tol, "atol": tol["atol"] * len(a)})
-        np.testing.assert_allclose(fa, fr, **tol)
-        assert (sa is None) == (sr is None)
-        if sr is not None: np.testing.assert_allclose(sa, sr, rtol=tol["rtol"], atol=tol["atol"] / 100)
-
-
 def frames_file(path, frames):
     return write_frames(frames, path)
 
@@ -139,7 +113,7 @@ def stop_at(k_stop, seen=None):
     return on_chunk
 
 
-def test_resume_after_an_exception_keeps_finished_chunks(teacher32, thirty, tmp_path):
+def test_resume_after_an_exception_keeps_finished_chunks(teacher32, thirty, tmp_path, assert_same_labels):
     src, reference = thirty
     out = tmp_path / "out.xyz"
     files = RunFiles(out)
@@ -158,7 +132,7 @@ def test_resume_after_an_exception_keeps_finished_chunks(teacher32, thirty, tmp_
     assert seen == list(range(len(kept), 6))                    # finished chunks are not labeled again
     assert summary["n_structures"] == 30 and summary["n_reused"] == 5 * len(kept)
     assert not files.partial.exists() and not files.lock.exists()
-    assert_same(out, reference)
+    assert_same_labels(out, reference)
 
 
 def test_resume_after_sigkill_gives_a_byte_identical_file(pyacemaker_exe, model_path, step4_small, tmp_path):
@@ -194,7 +168,7 @@ def with_coincident_atoms(frames, i):
     return frames
 
 
-def test_a_bad_frame_late_in_the_file_keeps_finished_chunks_and_a_fix_relabels_only_its_chunk(teacher32, tmp_path):
+def test_a_bad_frame_late_in_the_file_keeps_finished_chunks_and_a_fix_relabels_only_its_chunk(teacher32, tmp_path, assert_same_labels):
     """Per-chunk fingerprints: frame 27 makes MACE return NaN (min_distance 0, so the scan lets it through): labeling
     stops naming it, finished chunks stay; fixed (and moved to another path), --resume labels only its chunk; a frame
     changed in chunk 1 meanwhile makes chunk 1 relabeled too."""
@@ -215,7 +189,7 @@ def test_a_bad_frame_late_in_the_file_keeps_finished_chunks_and_a_fix_relabels_o
                          on_chunk=lambda k, n: seen.append(k))
     assert sorted(seen) == [1, 5] and summary["n_reused"] == 20
     label_file(fixed, tmp_path / "ref.xyz", teacher32, chunk_size=5, progress=False)
-    assert_same(out, read(tmp_path / "ref.xyz", ":"))
+    assert_same_labels(out, read(tmp_path / "ref.xyz", ":"))
     assert json.loads(RunFiles(out).record.read_text())["input"] == str(fixed.resolve())
 
 

@@ -2,9 +2,8 @@
 import numpy as np
 import pytest
 
-from pyacemaker.demo_data import (HEAD_SHIFTS, MIN_DISTANCE, cluster_cell, demo_multihead_model_card,
-                                  demo_multihead_model_path, min_distance, mixed_step4_frames, multihead_card,
-                                  slab_cell, wire_cell)
+from pyacemaker.demo_data import (HEAD_SHIFTS, MIN_DISTANCE, cluster_cell, demo_model_card, demo_model_path, min_distance,
+                                  mixed_step4_frames, multihead_card, slab_cell, wire_cell)
 from pyacemaker.oracle.mace_wrapper import MaceSurrogate
 
 HEADS = ["pt_head", "Default"]
@@ -53,11 +52,11 @@ def test_mixed_set_kinds_pbc_distance_and_seed(mixed):
 
 @pytest.fixture(scope="module")
 def heads():
-    return {h: MaceSurrogate(demo_multihead_model_path(), head=h) for h in HEADS}
+    return {h: MaceSurrogate(demo_model_path(heads=2), head=h) for h in HEADS}
 
 
 def test_two_head_model_is_small_float32_with_both_heads(heads):
-    path = demo_multihead_model_path()
+    path = demo_model_path(heads=2)
     assert path.stat().st_size <= 300_000
     assert heads["pt_head"].heads == HEADS
     import torch
@@ -66,7 +65,7 @@ def test_two_head_model_is_small_float32_with_both_heads(heads):
 
 def test_no_head_raises_naming_both_heads():
     with pytest.raises(ValueError, match=r"\['pt_head', 'Default'\]"):
-        MaceSurrogate(demo_multihead_model_path())
+        MaceSurrogate(demo_model_path(heads=2))
 
 
 def test_e0s_differ_by_the_designed_shift(heads):
@@ -81,7 +80,7 @@ def test_compute_batch_equals_mace_calculator_per_head(heads, mixed, head):
     frames = mixed[:6] + [cluster_cell(np.random.default_rng(2), with_cell=w) for w in (True, False)]
     assert {a.info["config_type"] for a in frames} == set(PBC)        # every kind; clusters with and without a cell
     labeled = heads[head].compute_batch(frames)
-    calc = MACECalculator(model_paths=str(demo_multihead_model_path()), device="cpu", head=head, default_dtype="float64")
+    calc = MACECalculator(model_paths=str(demo_model_path(heads=2)), device="cpu", head=head, default_dtype="float64")
     for at, lab in zip(frames, labeled):
         ref = at.copy(); ref.calc = calc
         e, f = ref.get_potential_energy(), ref.get_forces()
@@ -102,7 +101,7 @@ def test_heads_differ_by_about_the_shift(heads, mixed):
 
 
 def test_model_card_is_reproduced():
-    recorded, measured = demo_multihead_model_card(), multihead_card(demo_multihead_model_path())
+    recorded, measured = demo_model_card(heads=2), multihead_card(demo_model_path(heads=2))
     assert measured["heads"] == recorded["heads"] == HEADS
     for h in HEADS:
         assert measured["e0_eV"][h] == pytest.approx(recorded["e0_eV"][h], rel=1e-9)

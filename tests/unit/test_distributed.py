@@ -51,28 +51,12 @@ def client():
         yield c
 
 
-def assert_same(path, reference):
-    """Same structures in the same order; labels equal within float32 tolerance; same provenance."""
-    frames = read(path, ":")
-    assert len(frames) == len(reference)
-    for a, r in zip(frames, reference):
-        assert a.get_chemical_symbols() == r.get_chemical_symbols()
-        np.testing.assert_array_equal(a.positions, r.positions)
-        np.testing.assert_array_equal(a.pbc, r.pbc)
-        assert a.get_potential_energy() == pytest.approx(r.get_potential_energy(), rel=1e-6, abs=1e-6)
-        np.testing.assert_allclose(a.get_forces(), r.get_forces(), rtol=1e-5, atol=1e-5)
-        assert ("stress" in a.calc.results) == ("stress" in r.calc.results)
-        if "stress" in r.calc.results:
-            np.testing.assert_allclose(a.get_stress(), r.get_stress(), rtol=1e-5, atol=1e-7)
-        assert {k: a.info[k] for k in a.info if k.startswith("mace_")} == {k: r.info[k] for k in r.info if k.startswith("mace_")}
-
-
-def test_equals_local_labeling(data, client, lab, tmp_path):
+def test_equals_local_labeling(data, client, lab, tmp_path, assert_same_labels):
     src, reference = data
     seen = []
     summary = label_file_distributed(src, tmp_path / "out.xyz", lab, progress=False, client=client,
                                      on_chunk=lambda k, n: seen.append((k, n)))
-    assert_same(tmp_path / "out.xyz", reference)
+    assert_same_labels(tmp_path / "out.xyz", reference)
     assert any(not a.pbc.all() for a in reference)
     assert summary["n_structures"] == 110 and summary["n_atoms"] == sum(len(a) for a in reference)
     assert sorted(k for k, _ in seen) == list(range(9)) and [n for _, n in seen][-1] == 110
@@ -127,7 +111,7 @@ def wait_idle(client, timeout=30):
         time.sleep(0.05)
 
 
-def test_failed_shard_and_killed_worker(data, client, lab, tmp_path):
+def test_failed_shard_and_killed_worker(data, client, lab, tmp_path, assert_same_labels):
     """Shard 1 raises once (retried); shard 4's worker dies right after writing it (rerun elsewhere, finds it written)."""
     src, reference = data
     plan = {1: (str(tmp_path / "raised"), "raise"), 4: (str(tmp_path / "killed"), "kill")}
@@ -141,14 +125,14 @@ def test_failed_shard_and_killed_worker(data, client, lab, tmp_path):
         client.run(remove_failures)
     assert (tmp_path / "raised").exists() and (tmp_path / "killed").exists()   # both failures happened
     assert sorted(seen) == list(range(9))                                       # every shard reported once
-    assert_same(tmp_path / "out.xyz", reference)                                # nothing lost, nothing duplicated
+    assert_same_labels(tmp_path / "out.xyz", reference)                                # nothing lost, nothing duplicated
     t0 = time.time()                          # the nanny replaces the dead worker (the next tests need two workers)
     while len(now := set(client.scheduler_info()["workers"])) < 2 or now == before:
         assert time.time() - t0 < 60
         time.sleep(0.2)
 
 
-def test_shard_failing_every_time_stops_the_run(data, client, lab, tmp_path):
+def test_shard_failing_every_time_stops_the_run(data, client, lab, tmp_path, assert_same_labels):
     """A shard that fails on all 3 attempts stops the run with its error; the finished chunks stay for resume."""
     src, reference = data
     out = tmp_path / "out.xyz"
@@ -165,7 +149,7 @@ def test_shard_failing_every_time_stops_the_run(data, client, lab, tmp_path):
     seen = []
     label_file_distributed(src, out, lab, resume=True, progress=False, client=client, on_chunk=lambda k, n: seen.append(k))
     assert 2 in seen and len(seen) < 9
-    assert_same(out, reference)
+    assert_same_labels(out, reference)
 
 
 class Stop(Exception):
@@ -180,7 +164,7 @@ def stop_after(n):
     return on_chunk
 
 
-def test_resume_across_local_and_distributed(data, client, lab, tmp_path):
+def test_resume_across_local_and_distributed(data, client, lab, tmp_path, assert_same_labels):
     """Interrupted local -> resumed distributed (interrupted) -> resumed local (interrupted) -> resumed distributed."""
     src, reference = data
     out = tmp_path / "out.xyz"
@@ -208,13 +192,13 @@ def test_resume_across_local_and_distributed(data, client, lab, tmp_path):
     finished = [int(name.split("_")[1]) for name in chunks()]
     summary = label_file_distributed(src, out, lab, resume=True, **dkw)
     assert summary["n_structures"] == 110 and summary["n_reused"] == sum(min(CHUNK, 110 - k * CHUNK) for k in finished)
-    assert_same(out, reference)
+    assert_same_labels(out, reference)
     assert not partial.exists()
     with pytest.raises(ExistingOutput, match="already complete; nothing to resume"):
         label_file_distributed(src, out, lab, resume=True, **dkw)
 
 
-def test_skip_bad_on_workers_sets_aside_what_local_labeling_sets_aside(client, model_path, tmp_path):
+def test_skip_bad_on_workers_sets_aside_what_local_labeling_sets_aside(client, model_path, tmp_path, assert_same_labels):
     frames = step4_frames(40, seed=6)
     frames[3].symbols[0] = "Au"                                   # found by the scan
     frames[17].positions[2, 0] = np.nan                           # found by the scan
@@ -225,7 +209,7 @@ def test_skip_bad_on_workers_sets_aside_what_local_labeling_sets_aside(client, m
     distributed = label_file_distributed(src, tmp_path / "dist.xyz", lab, progress=False, client=client)
     assert local["n_rejected"] == distributed["n_rejected"] == 3
     assert local["n_structures"] == distributed["n_structures"] == 37
-    assert_same(tmp_path / "dist.xyz", read(tmp_path / "local.xyz", ":"))
+    assert_same_labels(tmp_path / "dist.xyz", read(tmp_path / "local.xyz", ":"))
     rejected_local, rejected_dist = RunFiles(tmp_path / "local.xyz").rejected, RunFiles(tmp_path / "dist.xyz").rejected
     assert rejected_dist.read_bytes() == rejected_local.read_bytes()
     assert [a.info["input_frame"] for a in read(rejected_dist, ":")] == [3, 17, 33]

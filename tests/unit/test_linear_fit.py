@@ -1,6 +1,5 @@
 """Mock mode's fitting core: a linear ACE fitted with pyace.linearacefit, without TensorFlow, on teacher-labeled data."""
 import itertools
-import shutil
 import subprocess
 import sys
 

@@ -8,6 +8,7 @@ from pyacemaker.report.md import (MD_KEYS, format_md_summary, md_calculator, md_
                                   min_distance, min_distance_threshold, nve_drift_meV_per_atom_per_ps, perturbed_potential,
                                   plot_md, run_md, teacher_errors)
 from pyacemaker.utils.io import read_training_table, table_frames
+from pyacemaker.trainer.ace_trainer import DeliveryError
 
 SHORT = dict(temperatures_K=(300.0, 1000.0), steps=150, nve_steps=100, snapshots=4)
 
@@ -110,7 +111,7 @@ def test_structures_and_threshold(potential):
 
 def test_calculator_needs_the_yaml(potential):
     yaml, asi, _, _ = potential
-    with pytest.raises(ValueError, match="needs the B-basis .yaml"): md_calculator(yaml.with_suffix(".yace"), asi)
+    with pytest.raises(DeliveryError, match="needs the B-basis .yaml"): md_calculator(yaml.with_suffix(".yace"), asi)
     with pytest.raises(FileNotFoundError, match="active set not found"): md_calculator(yaml, yaml.with_suffix(".nope"))
 
 
