@@ -39,13 +39,13 @@ def multihead_model_path():
 
 
 @pytest.fixture(scope="session")
-def teacher64(model_path):
+def surrogate64(model_path):
     from pyacemaker.oracle.mace_wrapper import MaceSurrogate
     return MaceSurrogate(model_path, dtype="float64")
 
 
 @pytest.fixture(scope="session")
-def teacher32(model_path):
+def surrogate32(model_path):
     from pyacemaker.oracle.mace_wrapper import MaceSurrogate
     return MaceSurrogate(model_path, dtype="float32")
 

@@ -183,12 +183,12 @@ def test_energy_based_weighting_is_built_by_pacemakers_parser():
 
 
 @pytest.fixture(scope="module")
-def labeled(teacher32):
+def labeled(surrogate32):
     """16 bulk cells of the bundled step-4 file, a slab, a wire and a cluster, labeled by the MACE teacher."""
     others = mixed_step4_frames(10, seed=8)
     frames = list(itertools.islice(iter_frames(demo_step4_path()), 16)) + \
         [next(f for f in others if f.info["config_type"] == k) for k in ("slab", "wire", "cluster")]
-    return teacher32.compute_batch(frames), teacher32.e0
+    return surrogate32.compute_batch(frames), surrogate32.e0
 
 
 @pytest.mark.parametrize("reftype", ["bulk", "cluster"])
@@ -625,12 +625,12 @@ def yace_e0(yace: Path) -> list[float]:
     return yaml.safe_load(line)["E0"]
 
 
-def test_delivered_yace_carries_the_teachers_e0(fitted_pipeline, teacher32):
+def test_delivered_yace_carries_the_teachers_e0(fitted_pipeline, surrogate32):
     c, _, fit = fitted_pipeline
     d = Deliverables.of(c.path(c.ace_model_file))
     elements = yace_elements(d.yace)
     assert sorted(elements) == sorted(c.training.elements)
-    e0 = teacher32.e0                                                      # the head's E0 (the teacher of the fit)
+    e0 = surrogate32.e0                                                      # the head's E0 (the teacher of the fit)
     assert yace_e0(d.yace) == pytest.approx([e0[e] for e in elements], rel=1e-12)
     assert all(abs(v) > 0.1 for v in yace_e0(d.yace))                        # not pacemaker's zeros
     assert open_delivered(d)["e0"] == pytest.approx(e0, rel=1e-12)

@@ -58,11 +58,11 @@ def cases():
 
 
 @pytest.fixture(scope="module")
-def teacher_on_both(cases, teacher64):
+def teacher_on_both(cases, surrogate64):
     """Teacher (float64) energies and forces on every original and its periodic equivalent, in one batch."""
     originals = list(cases.values())
     converted = [periodic_equivalent(a, CUTOFF) for a in originals]
-    labeled = teacher64.compute_batch(originals + converted)
+    labeled = surrogate64.compute_batch(originals + converted)
     n = len(originals)
     return {name: (originals[i], converted[i], labeled[i], labeled[n + i]) for i, name in enumerate(cases)}
 
@@ -98,12 +98,12 @@ def test_teacher_energies_and_forces_unchanged(name, teacher_on_both):
     assert "stress" not in lab_orig.calc.results                          # the teacher gives no stress for these cells
 
 
-def test_the_check_can_fail_naive_pbc_changes_the_energy(cases, teacher64):
+def test_the_check_can_fail_naive_pbc_changes_the_energy(cases, surrogate64):
     """Switching pbc on without padding puts images within the cutoff: the teacher sees the difference."""
     for name in ["slab, 2 Å vacuum", "wire, 2 Å vacuum", "cluster in a small box", "slab, tilted c, 2 Å vacuum"]:
         atoms = cases[name]
         naive = atoms.copy(); naive.pbc = True
-        e_orig, e_naive = [a.get_potential_energy() / len(a) for a in teacher64.compute_batch([atoms, naive])]
+        e_orig, e_naive = [a.get_potential_energy() / len(a) for a in surrogate64.compute_batch([atoms, naive])]
         assert abs(e_naive - e_orig) > 1e-3, name
 
 

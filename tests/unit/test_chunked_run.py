@@ -28,19 +28,19 @@ def frames_file(path, frames):
 
 
 @pytest.fixture(scope="module")
-def thirty(tmp_path_factory, teacher32):
+def thirty(tmp_path_factory, surrogate32):
     """30 step-4 cells and their labeling in one uninterrupted run (chunks of 5)."""
     work = tmp_path_factory.mktemp("thirty")
     src = frames_file(work / "in.xyz", step4_frames(30, seed=21))
-    label_file(src, work / "ref.xyz", teacher32, chunk_size=5, progress=False)
+    label_file(src, work / "ref.xyz", surrogate32, chunk_size=5, progress=False)
     return src, read(work / "ref.xyz", ":")
 
 
 # --- a complete run --------------------------------------------------------------------
 
-def test_output_is_readable_extxyz_with_a_record(teacher32, step4_mixed, tmp_path):
+def test_output_is_readable_extxyz_with_a_record(surrogate32, step4_mixed, tmp_path):
     out = tmp_path / "step5_surrogate_labeled.xyz"
-    summary = label_file(step4_mixed, out, teacher32, chunk_size=7, progress=False)
+    summary = label_file(step4_mixed, out, surrogate32, chunk_size=7, progress=False)
     src = read(step4_mixed, ":")
     assert summary["n_structures"] == 20 and summary["n_rejected"] == 0 and summary["n_reused"] == 0
     assert summary["n_atoms"] == sum(len(a) for a in src)
@@ -59,16 +59,16 @@ def test_output_is_readable_extxyz_with_a_record(teacher32, step4_mixed, tmp_pat
     record = json.loads(files.record.read_text())
     assert files.record.name == "step5_surrogate_labeled.xyz.json"
     assert record["n_structures"] == 20 and record["n_rejected"] == 0 and record["chunk_size"] == 7
-    assert record["mace_model_sha256"] == teacher32.sha256 and record["dtype"] == "float32" and record["keys"] == "ase"
+    assert record["mace_model_sha256"] == surrogate32.sha256 and record["dtype"] == "float32" and record["keys"] == "ase"
     assert record["input"] == str(step4_mixed.resolve())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["step4_mixed.xyz", out.name, files.record.name])
 
 
-def test_mace_keys_are_read_by_mace_itself(teacher64, step4_mixed, tmp_path):
+def test_mace_keys_are_read_by_mace_itself(surrogate64, step4_mixed, tmp_path):
     from mace.data.utils import KeySpecification, load_from_xyz
     ase_out, mace_out = tmp_path / "ase.xyz", tmp_path / "mace.xyz"
-    label_file(step4_mixed, ase_out, teacher64, chunk_size=7, progress=False)
-    label_file(step4_mixed, mace_out, teacher64, chunk_size=7, progress=False, keys="mace")
+    label_file(step4_mixed, ase_out, surrogate64, chunk_size=7, progress=False)
+    label_file(step4_mixed, mace_out, surrogate64, chunk_size=7, progress=False, keys="mace")
     assert json.loads(RunFiles(mace_out).record.read_text())["keys"] == "mace"
     reference = read(ase_out, ":")
     frames = read(mace_out, ":")
@@ -86,15 +86,15 @@ def test_mace_keys_are_read_by_mace_itself(teacher64, step4_mixed, tmp_path):
         assert c.property_weights["stress"] == (1.0 if r.pbc.all() else 0.0)
 
 
-def test_existing_output_is_never_overwritten_silently(teacher32, step4_small, tmp_path):
+def test_existing_output_is_never_overwritten_silently(surrogate32, step4_small, tmp_path):
     out = tmp_path / "out.xyz"
     out.write_text("finished work\n")
     with pytest.raises(ExistingOutput, match="out.xyz already exists; refusing to overwrite"):
-        label_file(step4_small, out, teacher32, progress=False)
+        label_file(step4_small, out, surrogate32, progress=False)
     with pytest.raises(ExistingOutput, match="already complete; nothing to resume"):
-        label_file(step4_small, out, teacher32, resume=True, progress=False)
+        label_file(step4_small, out, surrogate32, resume=True, progress=False)
     assert out.read_text() == "finished work\n"
-    label_file(step4_small, out, teacher32, overwrite=True, progress=False)
+    label_file(step4_small, out, surrogate32, overwrite=True, progress=False)
     assert len(read(out, ":")) == 30
 
 
@@ -113,21 +113,21 @@ def stop_at(k_stop, seen=None):
     return on_chunk
 
 
-def test_resume_after_an_exception_keeps_finished_chunks(teacher32, thirty, tmp_path, assert_same_labels):
+def test_resume_after_an_exception_keeps_finished_chunks(surrogate32, thirty, tmp_path, assert_same_labels):
     src, reference = thirty
     out = tmp_path / "out.xyz"
     files = RunFiles(out)
     with pytest.raises(Stop) as e:
-        label_file(src, out, teacher32, chunk_size=5, progress=False, on_chunk=stop_at(1))
+        label_file(src, out, surrogate32, chunk_size=5, progress=False, on_chunk=stop_at(1))
     assert not out.exists() and not files.lock.exists()
     kept = sorted(p.name for p in files.partial.glob("chunk_*.xyz"))
     assert len(kept) >= 2 and kept[:2][0].startswith("chunk_000000_") and kept[1].startswith("chunk_000001_")
     assert e.value.__notes__ == [f"{len(kept)} of 6 chunks are finished and kept in {files.partial}; "
                                  "the same command with --resume continues from there"]
     with pytest.raises(ExistingOutput, match="unfinished labeling run is here; resume it"):
-        label_file(src, out, teacher32, chunk_size=5, progress=False)
+        label_file(src, out, surrogate32, chunk_size=5, progress=False)
     seen = []
-    summary = label_file(src, out, teacher32, chunk_size=5, resume=True, progress=False,
+    summary = label_file(src, out, surrogate32, chunk_size=5, resume=True, progress=False,
                          on_chunk=lambda k, n: seen.append(k))
     assert seen == list(range(len(kept), 6))                    # finished chunks are not labeled again
     assert summary["n_structures"] == 30 and summary["n_reused"] == 5 * len(kept)
@@ -168,7 +168,7 @@ def with_coincident_atoms(frames, i):
     return frames
 
 
-def test_a_bad_frame_late_in_the_file_keeps_finished_chunks_and_a_fix_relabels_only_its_chunk(teacher32, tmp_path, assert_same_labels):
+def test_a_bad_frame_late_in_the_file_keeps_finished_chunks_and_a_fix_relabels_only_its_chunk(surrogate32, tmp_path, assert_same_labels):
     """Per-chunk fingerprints: frame 27 makes MACE return NaN (min_distance 0, so the scan lets it through): labeling
     stops naming it, finished chunks stay; fixed (and moved to another path), --resume labels only its chunk; a frame
     changed in chunk 1 meanwhile makes chunk 1 relabeled too."""
@@ -177,7 +177,7 @@ def test_a_bad_frame_late_in_the_file_keeps_finished_chunks_and_a_fix_relabels_o
     out = tmp_path / "out.xyz"
     seen = []
     with pytest.raises(StructureError, match=r"bad\.xyz frame 27: MACE returned non-finite .*--skip-bad") as e:
-        label_file(bad, out, teacher32, chunk_size=5, progress=False, on_chunk=lambda k, n: seen.append(k))
+        label_file(bad, out, surrogate32, chunk_size=5, progress=False, on_chunk=lambda k, n: seen.append(k))
     assert "5 of 6 chunks are finished" in e.value.__notes__[0]
     assert set(seen) <= {0, 1, 2, 3, 4} and not out.exists()
     frames[7].positions[0, 0] += 0.01                            # chunk 1 changes as well
@@ -185,10 +185,10 @@ def test_a_bad_frame_late_in_the_file_keeps_finished_chunks_and_a_fix_relabels_o
     fixed = frames_file(tmp_path / "moved" / "fixed.xyz", frames)
     bad.unlink()
     seen = []
-    summary = label_file(fixed, out, teacher32, chunk_size=5, resume=True, progress=False,
+    summary = label_file(fixed, out, surrogate32, chunk_size=5, resume=True, progress=False,
                          on_chunk=lambda k, n: seen.append(k))
     assert sorted(seen) == [1, 5] and summary["n_reused"] == 20
-    label_file(fixed, tmp_path / "ref.xyz", teacher32, chunk_size=5, progress=False)
+    label_file(fixed, tmp_path / "ref.xyz", surrogate32, chunk_size=5, progress=False)
     assert_same_labels(out, read(tmp_path / "ref.xyz", ":"))
     assert json.loads(RunFiles(out).record.read_text())["input"] == str(fixed.resolve())
 
@@ -200,7 +200,7 @@ def interrupted_run(teacher, src, out, **kw):
     return sorted(RunFiles(out).partial.glob("chunk_*.xyz"))
 
 
-def test_resume_with_other_settings_is_refused_naming_the_field(teacher32, teacher64, multihead_model_path, model_path,
+def test_resume_with_other_settings_is_refused_naming_the_field(surrogate32, surrogate64, multihead_model_path, model_path,
                                                                  thirty, tmp_path):
     src, _ = thirty
     out = tmp_path / "out.xyz"
@@ -212,17 +212,17 @@ def test_resume_with_other_settings_is_refused_naming_the_field(teacher32, teach
         with pytest.raises(RunMismatch, match=rf"out\.xyz\.partial: cannot resume, the run differs in {field} \(was .*; "
                                               "use --overwrite to start over"):
             label_file(src, out, teacher, resume=True, progress=False, **{"chunk_size": 5, **kw})
-    refused("dtype", teacher64)
-    refused("chunk_size", teacher32, chunk_size=6)
-    refused("keys", teacher32, keys="mace")
-    refused("min_distance", teacher32, min_distance=0.5)
+    refused("dtype", surrogate64)
+    refused("chunk_size", surrogate32, chunk_size=6)
+    refused("keys", surrogate32, keys="mace")
+    refused("min_distance", surrogate32, min_distance=0.5)
     refused("compile", MaceSurrogate(model_path, dtype="float32", compile=True))
     shutil.copyfile(multihead_model_path, model)                   # same name and head ("Default"), other content
     refused("mace_model_sha256", MaceSurrogate(model, dtype="float32", head="Default"))
     assert sorted(RunFiles(out).partial.glob("chunk_*.xyz")) == kept        # refusals touch nothing
 
 
-def test_a_renamed_copy_of_the_model_resumes_and_provenance_names_one_model(teacher32, model_path, thirty, tmp_path):
+def test_a_renamed_copy_of_the_model_resumes_and_provenance_names_one_model(surrogate32, model_path, thirty, tmp_path):
     src, reference = thirty
     out = tmp_path / "out.xyz"
     first, renamed = tmp_path / "teacher_v1.model", tmp_path / "renamed.model"
@@ -235,20 +235,20 @@ def test_a_renamed_copy_of_the_model_resumes_and_provenance_names_one_model(teac
     assert 0 not in seen
     frames = read(out, ":")
     assert {a.info["mace_model"] for a in frames} == {"teacher_v1.model"}
-    assert {a.info["mace_model_sha256"] for a in frames} == {teacher32.sha256[:16]}
+    assert {a.info["mace_model_sha256"] for a in frames} == {surrogate32.sha256[:16]}
     assert json.loads(RunFiles(out).record.read_text())["mace_model"] == "teacher_v1.model"
 
 
 # --- bad frames ------------------------------------------------------------------------
 
-def test_skip_bad_sets_bad_frames_aside_with_their_reasons(teacher32, tmp_path):
+def test_skip_bad_sets_bad_frames_aside_with_their_reasons(surrogate32, tmp_path):
     frames = step4_frames(16, seed=4)
     frames[3].symbols[0] = "Au"                                   # found by the scan
     frames[9].positions[2, 1] = np.nan                            # found by the scan
     with_coincident_atoms(frames, 12)                              # found by MACE (NaN), min_distance 0
     src = frames_file(tmp_path / "in.xyz", frames)
     out = tmp_path / "out.xyz"
-    summary = label_file(src, out, teacher32, chunk_size=5, progress=False, skip_bad=True)
+    summary = label_file(src, out, surrogate32, chunk_size=5, progress=False, skip_bad=True)
     files = RunFiles(out)
     assert files.rejected.name == "out.rejected.xyz"
     assert summary["n_structures"] == 13 and summary["n_rejected"] == 3 and summary["rejected"] == str(files.rejected)
@@ -272,7 +272,7 @@ def test_skip_bad_sets_bad_frames_aside_with_their_reasons(teacher32, tmp_path):
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unparseable", "truncated", "unknown element", "nan position",
                                   "no atoms"])
-def test_unusable_input_is_refused_naming_file_and_frame_before_any_compute(teacher32, tmp_path, monkeypatch, case):
+def test_unusable_input_is_refused_naming_file_and_frame_before_any_compute(surrogate32, tmp_path, monkeypatch, case):
     frames = step4_frames(4, seed=21)
     p = tmp_path / "bad.xyz"
     if case == "unknown element": frames[3].symbols[5] = "Au"
@@ -291,10 +291,10 @@ def test_unusable_input_is_refused_naming_file_and_frame_before_any_compute(teac
                 "nan position": "bad.xyz frame 1: positions of atom 2 are not finite",
                 "no atoms": "bad.xyz frame 4: has no atoms"}[case]
     calls = []
-    monkeypatch.setattr(teacher32, "runner", lambda *a, **kw: calls.append(1))
+    monkeypatch.setattr(surrogate32, "runner", lambda *a, **kw: calls.append(1))
     out = tmp_path / "out.xyz"
     with pytest.raises((StructureError, MissingInput), match=expected):
-        label_file(p, out, teacher32, chunk_size=2, progress=False)
+        label_file(p, out, surrogate32, chunk_size=2, progress=False)
     assert calls == [] and sorted(x.name for x in tmp_path.iterdir()) == ([] if case == "missing" else ["bad.xyz"])
 
 
@@ -307,14 +307,14 @@ def dead_pid():
     return p.pid
 
 
-def test_stale_temporaries_of_dead_runs_are_removed(teacher32, step4_small, tmp_path):
+def test_stale_temporaries_of_dead_runs_are_removed(surrogate32, step4_small, tmp_path):
     out = tmp_path / "out.xyz"
     alive = subprocess.Popen(["sleep", "60"])
     try:
         stale, live = tmp_path / f".out.xyz.tmp{dead_pid()}", tmp_path / f".out.xyz.tmp{alive.pid}"
         stale.write_text("half an assembled file")
         live.write_text("another process is writing this")
-        label_file(step4_small, out, teacher32, progress=False)
+        label_file(step4_small, out, surrogate32, progress=False)
         assert not stale.exists() and live.read_text() == "another process is writing this"
         assert len(read(out, ":")) == 30
     finally:
@@ -330,7 +330,7 @@ with run_lock(sys.argv[1], "pyacemaker label"):
 """
 
 
-def test_a_second_run_on_the_same_output_is_refused_and_a_dead_runs_lock_taken_over(teacher32, step4_small, tmp_path):
+def test_a_second_run_on_the_same_output_is_refused_and_a_dead_runs_lock_taken_over(surrogate32, step4_small, tmp_path):
     out = tmp_path / "out.xyz"
     files = RunFiles(out)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(files.lock)], stdout=subprocess.PIPE, text=True)
@@ -338,12 +338,12 @@ def test_a_second_run_on_the_same_output_is_refused_and_a_dead_runs_lock_taken_o
         assert holder.stdout.readline() == "locked\n"
         with pytest.raises(RunLocked, match=rf"out\.xyz\.lock: in use by pyacemaker label \(pid {holder.pid} on "
                                             rf"{socket.gethostname()}, since .*\); wait for it to finish"):
-            label_file(step4_small, out, teacher32, progress=False)
+            label_file(step4_small, out, surrogate32, progress=False)
         with pytest.raises(RunLocked):
-            label_file(step4_small, out, teacher32, progress=False, overwrite=True)
+            label_file(step4_small, out, surrogate32, progress=False, overwrite=True)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out.xyz.lock", "step4_surrogate_data.xyz"]
     finally:
         holder.kill(); holder.wait()
     assert json.loads(files.lock.read_text())["pid"] == holder.pid          # a stale lock: its owner is dead
-    summary = label_file(step4_small, out, teacher32, progress=False)
+    summary = label_file(step4_small, out, surrogate32, progress=False)
     assert summary["n_structures"] == 30 and not files.lock.exists()

@@ -34,10 +34,10 @@ def emt_frames(n=3, seed=0):
 
 
 @pytest.fixture(scope="module")
-def mixed_labeled(teacher32):
+def mixed_labeled(surrogate32):
     """Bulk, slab, wire and cluster structures labeled by the real MACE teacher (ASE keys and mace's REF_ keys)."""
     frames = list(itertools.islice(iter_frames(demo_step4_path()), 3)) + mixed_step4_frames(8, seed=2)
-    return teacher32.compute_batch(frames), teacher32.compute_batch(frames, keys="mace"), teacher32.e0
+    return surrogate32.compute_batch(frames), surrogate32.compute_batch(frames, keys="mace"), surrogate32.e0
 
 
 # ---------------------------------------------------------------- pacemaker's table

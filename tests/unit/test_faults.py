@@ -44,13 +44,13 @@ def label_args(model_path, input, output, *extra):
 
 
 @pytest.fixture
-def no_compute(teacher32, monkeypatch):
+def no_compute(surrogate32, monkeypatch):
     """The teacher's model calls, recorded: a test that expects none asserts the list stays empty."""
-    calls, forward = [], teacher32.runner
+    calls, forward = [], surrogate32.runner
     def runner(*a, **kw):
         calls.append(1)
         return forward(*a, **kw)
-    monkeypatch.setattr(teacher32, "runner", runner)
+    monkeypatch.setattr(surrogate32, "runner", runner)
     return calls
 
 
@@ -67,7 +67,7 @@ def replace_frame(path, frame, text):
 
 # --- item 1: one bad structure must not poison its batch --------------------------------------------
 
-def test_item1_a_structure_with_two_atoms_on_one_spot_among_100_good_ones(model_path, teacher32, tmp_path):
+def test_item1_a_structure_with_two_atoms_on_one_spot_among_100_good_ones(model_path, surrogate32, tmp_path):
     """Default: refused by the scan (min_distance 0.5 Å) before any compute. With the check off, MACE's NaN is caught,
     only that structure is set aside (--skip-bad) and the 100 others get the labels they get without it."""
     frames = step4_frames(100, seed=8)
@@ -84,7 +84,7 @@ def test_item1_a_structure_with_two_atoms_on_one_spot_among_100_good_ones(model_
     assert summary["n_structures"] == 100 and summary["n_rejected"] == 1
     [rejected] = read(RunFiles(out).rejected, ":")
     assert rejected.info["input_frame"] == 50 and "MACE returned non-finite" in rejected.info["reject_reason"]
-    labeled, without = read(out, ":"), teacher32.compute_batch(read(src, ":50") + read(src, "51:"))
+    labeled, without = read(out, ":"), surrogate32.compute_batch(read(src, ":50") + read(src, "51:"))
     assert len(labeled) == 100
     for a, b in zip(labeled, without):
         np.testing.assert_array_equal(a.positions, b.positions)
@@ -111,13 +111,13 @@ LATE_PROBLEMS = {       # frame text -> what the scan says about it
 
 
 @pytest.mark.parametrize("case", list(LATE_PROBLEMS))
-def test_items1_2_a_bad_frame_late_in_the_file_is_found_by_the_scan_before_any_compute(case, teacher32, no_compute,
+def test_items1_2_a_bad_frame_late_in_the_file_is_found_by_the_scan_before_any_compute(case, surrogate32, no_compute,
                                                                                        tmp_path):
     text, message = LATE_PROBLEMS[case]
     src = replace_frame(write_frames(step4_frames(30, seed=21), tmp_path / "in.xyz"), 28, text)
     seen = []
     with pytest.raises(StructureError, match=r"in\.xyz frame 28\b.*" + message):
-        label_file(src, tmp_path / "out.xyz", teacher32, chunk_size=5, min_distance=0.5, progress=False,
+        label_file(src, tmp_path / "out.xyz", surrogate32, chunk_size=5, min_distance=0.5, progress=False,
                    on_chunk=lambda k, n: seen.append(k))
     assert seen == [] and no_compute == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.xyz"]          # no partial folder, no lock
@@ -137,19 +137,19 @@ class Stop(Exception):
     pass
 
 
-def test_item2_a_changed_or_moved_input_relabels_only_the_changed_chunks(teacher32, tmp_path):
+def test_item2_a_changed_or_moved_input_relabels_only_the_changed_chunks(surrogate32, tmp_path):
     frames = step4_frames(30, seed=21)
     src, out = write_frames(frames, tmp_path / "in.xyz"), tmp_path / "out.xyz"
     def stop_at_1(k, n):
         if k == 1: raise Stop
     with pytest.raises(Stop):
-        label_file(src, out, teacher32, chunk_size=5, progress=False, on_chunk=stop_at_1)
+        label_file(src, out, surrogate32, chunk_size=5, progress=False, on_chunk=stop_at_1)
     frames[28].positions[0, 2] += 0.05                    # a frame of chunk 5 fixed ...
     (tmp_path / "elsewhere").mkdir()
     moved = write_frames(frames, tmp_path / "elsewhere" / "in_fixed.xyz")        # ... in a file at another path
     src.unlink()
     seen = []
-    summary = label_file(moved, out, teacher32, chunk_size=5, resume=True, progress=False,
+    summary = label_file(moved, out, surrogate32, chunk_size=5, resume=True, progress=False,
                          on_chunk=lambda k, n: seen.append(k))
     assert seen == [2, 3, 4, 5]                           # chunks 0 and 1 kept although the file changed and moved
     assert summary["n_structures"] == 30 and summary["n_reused"] == 10
@@ -159,13 +159,13 @@ def test_item2_a_changed_or_moved_input_relabels_only_the_changed_chunks(teacher
 # --- item 5: argument and header sanity -------------------------------------------------------------
 
 @pytest.mark.parametrize("size", ["-5", "0"])
-def test_item5_a_chunk_size_below_one_is_a_one_line_error(model_path, teacher32, step4_small, capfd, tmp_path, size):
+def test_item5_a_chunk_size_below_one_is_a_one_line_error(model_path, surrogate32, step4_small, capfd, tmp_path, size):
     """Issue 13: -5 wrote a 0-byte output and reported success; 0 raised ZeroDivisionError."""
     rc, out, err = cli(capfd, *label_args(model_path, step4_small, tmp_path / "out.xyz", "--chunk-size", size))
     assert_one_line(rc, err, "label", "--chunk-size", "greater than or equal to 1")
     assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == [step4_small.name]
     with pytest.raises(PyacemakerError, match=f"chunk_size must be at least 1, got {size}"):
-        label_file(step4_small, tmp_path / "out.xyz", teacher32, chunk_size=int(size))
+        label_file(step4_small, tmp_path / "out.xyz", surrogate32, chunk_size=int(size))
     assert sorted(p.name for p in tmp_path.iterdir()) == [step4_small.name]
 
 
@@ -181,7 +181,7 @@ def hang_guard(seconds):
         signal.signal(signal.SIGALRM, old)
 
 
-def test_item5_an_atom_count_of_a_billion_fails_at_once_naming_the_frame(teacher32, tmp_path):
+def test_item5_an_atom_count_of_a_billion_fails_at_once_naming_the_frame(surrogate32, tmp_path):
     """Issue 13: `label` ran for 10 minutes and grew to 3.5 GB."""
     src = write_frames(step4_frames(6, seed=2), tmp_path / "in.xyz")
     lines = src.read_text().splitlines(keepends=True)
@@ -190,7 +190,7 @@ def test_item5_an_atom_count_of_a_billion_fails_at_once_naming_the_frame(teacher
     src.write_text("".join(lines))
     with hang_guard(120), pytest.raises(StructureError, match=rf"in\.xyz frame 1 \(line {n0 + 3}\): 1000000000 atoms "
                                                              r"announced, but the file has at most \d+ atom lines left"):
-        label_file(src, tmp_path / "out.xyz", teacher32, progress=False)
+        label_file(src, tmp_path / "out.xyz", surrogate32, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.xyz"]
 
 
@@ -257,29 +257,29 @@ def failing(err):
 
 @pytest.mark.parametrize("err,phrase", [(errno.ENOSPC, "no space left on the device"),
                                         (errno.EFBIG, "file too large for the filesystem")])
-def test_item6_disk_full_or_file_too_large_while_writing_a_chunk(teacher32, step4_small, tmp_path, monkeypatch, err, phrase):
+def test_item6_disk_full_or_file_too_large_while_writing_a_chunk(surrogate32, step4_small, tmp_path, monkeypatch, err, phrase):
     out = tmp_path / "out.xyz"
     monkeypatch.setattr(chunked_run, "write", failing(err))
     with pytest.raises(OutputError, match=rf"out\.xyz\.partial/chunk_000000_[0-9a-f]{{16}}\.xyz: cannot write: {phrase}"):
-        label_file(step4_small, out, teacher32, chunk_size=10, progress=False)
+        label_file(step4_small, out, surrogate32, chunk_size=10, progress=False)
     assert not out.exists() and not list(tmp_path.rglob(".*.tmp*")) and not list(tmp_path.rglob("chunk_*"))
     monkeypatch.undo()
-    assert label_file(step4_small, out, teacher32, chunk_size=10, progress=False, resume=True)["n_structures"] == 30
+    assert label_file(step4_small, out, surrogate32, chunk_size=10, progress=False, resume=True)["n_structures"] == 30
 
 
 @pytest.mark.parametrize("err,phrase", [(errno.ENOSPC, "no space left on the device"),
                                         (errno.EFBIG, "file too large for the filesystem")])
-def test_item6_disk_full_or_file_too_large_while_assembling(teacher32, step4_small, tmp_path, monkeypatch, err, phrase):
+def test_item6_disk_full_or_file_too_large_while_assembling(surrogate32, step4_small, tmp_path, monkeypatch, err, phrase):
     """Nothing under the final name; the finished chunks stay, and --resume (once there is space) only assembles."""
     out = tmp_path / "out.xyz"
     monkeypatch.setattr(chunked_run.shutil, "copyfileobj", failing(err))
     with pytest.raises(OutputError, match=rf"out\.xyz: cannot write: {phrase}"):
-        label_file(step4_small, out, teacher32, chunk_size=10, progress=False)
+        label_file(step4_small, out, surrogate32, chunk_size=10, progress=False)
     assert not out.exists() and not list(tmp_path.glob(".out.xyz.tmp*"))
     assert len(list(RunFiles(out).partial.glob("chunk_*.xyz"))) == 3
     monkeypatch.undo()
     seen = []
-    summary = label_file(step4_small, out, teacher32, chunk_size=10, progress=False, resume=True,
+    summary = label_file(step4_small, out, surrogate32, chunk_size=10, progress=False, resume=True,
                          on_chunk=lambda k, n: seen.append(k))
     assert seen == [] and summary["n_reused"] == 30 and len(read(out, ":")) == 30
 
@@ -390,7 +390,7 @@ def test_item9_report_without_a_fitted_potential(make_pipeline_config, capfd, tm
 
 # --- item 10: a kill during assembly, a renamed model -----------------------------------------------
 
-def test_item10_a_stray_temporary_of_a_killed_assembly_is_removed_and_one_model_named(model_path, teacher32, step4_small,
+def test_item10_a_stray_temporary_of_a_killed_assembly_is_removed_and_one_model_named(model_path, surrogate32, step4_small,
                                                                                       tmp_path):
     out = tmp_path / "out.xyz"
     v1, v2 = tmp_path / "teacher_v1.model", tmp_path / "teacher_final.model"
@@ -411,4 +411,4 @@ def test_item10_a_stray_temporary_of_a_killed_assembly_is_removed_and_one_model_
     frames = read(out, ":")
     assert len(frames) == 30 and {a.info["mace_model"] for a in frames} == {"teacher_v1.model"}
     record = json.loads(RunFiles(out).record.read_text())
-    assert record["mace_model"] == "teacher_v1.model" and record["mace_model_sha256"] == teacher32.sha256
+    assert record["mace_model"] == "teacher_v1.model" and record["mace_model_sha256"] == surrogate32.sha256

@@ -48,21 +48,21 @@ def test_batched_equals_mace_calculator(model_path, dtype, rtol, compile):
         assert_same_labels(lab, ref, rtol)
 
 
-def test_empty_batch(teacher64):
-    assert teacher64.compute_batch([]) == []
+def test_empty_batch(surrogate64):
+    assert surrogate64.compute_batch([]) == []
 
 
-def test_provenance_and_e0(teacher64, model_path):
-    lab = teacher64.compute_batch([bulk("Cu", "fcc", a=3.6, cubic=True)])[0]
+def test_provenance_and_e0(surrogate64, model_path):
+    lab = surrogate64.compute_batch([bulk("Cu", "fcc", a=3.6, cubic=True)])[0]
     assert {k: lab.info[k] for k in lab.info if k.startswith("mace_")} == {
-        "mace_model": model_path.name, "mace_model_sha256": teacher64.sha256[:16], "mace_head": "Default",
+        "mace_model": model_path.name, "mace_model_sha256": surrogate64.sha256[:16], "mace_head": "Default",
         "mace_dtype": "float64"}
-    assert teacher64.provenance == {k: lab.info[k] for k in lab.info if k.startswith("mace_")}
-    assert teacher64.heads == ["Default"] and teacher64.head == "Default"
-    assert teacher64.elements == ["Cu", "Ag"] and teacher64.cutoff == 5.0
+    assert surrogate64.provenance == {k: lab.info[k] for k in lab.info if k.startswith("mace_")}
+    assert surrogate64.heads == ["Default"] and surrogate64.head == "Default"
+    assert surrogate64.elements == ["Cu", "Ag"] and surrogate64.cutoff == 5.0
     model = torch.load(model_path, weights_only=False)
     e = model.atomic_energies_fn.atomic_energies.detach().double().flatten().numpy()
-    assert teacher64.e0 == {"Cu": pytest.approx(e[0], abs=1e-12), "Ag": pytest.approx(e[1], abs=1e-12)}
+    assert surrogate64.e0 == {"Cu": pytest.approx(e[0], abs=1e-12), "Ag": pytest.approx(e[1], abs=1e-12)}
 
 
 def test_head_choice_on_a_two_head_model(multihead_model_path):
@@ -112,32 +112,32 @@ def spy_runner(teacher, monkeypatch, fail_if):
     return sizes
 
 
-def test_oom_halves_the_batch_until_it_fits(teacher64, monkeypatch):
+def test_oom_halves_the_batch_until_it_fits(surrogate64, monkeypatch):
     structures = step4_frames(6, seed=9)
-    assert len(atom_budget_batches([len(a) for a in structures], teacher64.batch_atoms)) == 1   # one batch of 6
-    expected = teacher64.compute_batch(structures)
-    sizes = spy_runner(teacher64, monkeypatch, lambda n: n > 2)
-    got = teacher64.compute_batch(structures)
+    assert len(atom_budget_batches([len(a) for a in structures], surrogate64.batch_atoms)) == 1   # one batch of 6
+    expected = surrogate64.compute_batch(structures)
+    sizes = spy_runner(surrogate64, monkeypatch, lambda n: n > 2)
+    got = surrogate64.compute_batch(structures)
     assert sizes == [6, 3, 1, 2, 3, 1, 2]        # 6 fails, 3 fails, then 1 + 2 fit; the same for the second half
     for a, b in zip(got, expected):
         assert_same_labels(a, b, 1e-12)
 
 
-def test_oom_on_a_single_structure_is_raised(teacher64, monkeypatch):
-    sizes = spy_runner(teacher64, monkeypatch, lambda n: True)
+def test_oom_on_a_single_structure_is_raised(surrogate64, monkeypatch):
+    sizes = spy_runner(surrogate64, monkeypatch, lambda n: True)
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        teacher64.compute_batch(step4_frames(2, seed=9))
+        surrogate64.compute_batch(step4_frames(2, seed=9))
     assert sizes == [2, 1]                       # halved once, then nothing left to halve
 
 
-def test_other_errors_are_not_retried(teacher64, monkeypatch):
+def test_other_errors_are_not_retried(surrogate64, monkeypatch):
     calls = []
     def broken(data, **kw):
         calls.append(1)
         raise RuntimeError("shape mismatch")
-    monkeypatch.setattr(teacher64, "runner", broken)
+    monkeypatch.setattr(surrogate64, "runner", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        teacher64.compute_batch(step4_frames(4, seed=9))
+        surrogate64.compute_batch(step4_frames(4, seed=9))
     assert calls == [1]
 
 
@@ -151,17 +151,17 @@ def poisoned():
     return frames
 
 
-def test_a_nan_batch_really_spreads(teacher64, poisoned):
+def test_a_nan_batch_really_spreads(surrogate64, poisoned):
     """The premise: evaluated as one batch, MACE's NaN reaches the forces of the good structures too."""
-    batch = collate([teacher64.graph(a) for a in poisoned])
-    out = teacher64.runner(batch.to_dict(), compute_force=True, compute_stress=True, training=False)
+    batch = collate([surrogate64.graph(a) for a in poisoned])
+    out = surrogate64.runner(batch.to_dict(), compute_force=True, compute_stress=True, training=False)
     ptr, f = batch.ptr.numpy(), out["forces"].detach().numpy()
     assert sum(not np.isfinite(f[ptr[i]:ptr[i + 1]]).all() for i in range(20)) > 1
 
 
-def test_nan_structure_is_isolated_and_others_keep_their_labels(teacher64, poisoned, monkeypatch):
-    sizes = spy_runner(teacher64, monkeypatch, lambda n: False)
-    chunk = next(teacher64.label_stream([("k", 100, poisoned)], "in.xyz", min_distance=0.0, skip_bad=True))
+def test_nan_structure_is_isolated_and_others_keep_their_labels(surrogate64, poisoned, monkeypatch):
+    sizes = spy_runner(surrogate64, monkeypatch, lambda n: False)
+    chunk = next(surrogate64.label_stream([("k", 100, poisoned)], "in.xyz", min_distance=0.0, skip_bad=True))
     assert sizes[0] == 20 and len(sizes) > 1                   # one batch, then split
     assert chunk.key == "k" and len(chunk.labeled) == 19
     [(frame, atoms, reason)] = chunk.rejected
@@ -169,17 +169,17 @@ def test_nan_structure_is_isolated_and_others_keep_their_labels(teacher64, poiso
     monkeypatch.undo()
     for lab, atoms in zip(chunk.labeled, poisoned[:7] + poisoned[8:]):
         np.testing.assert_array_equal(lab.positions, atoms.positions)
-        alone = teacher64.compute_batch([atoms])[0]
+        alone = surrogate64.compute_batch([atoms])[0]
         assert_same_labels(lab, alone, 1e-10)
 
 
-def test_nan_structure_stops_strict_labeling_naming_file_and_frame(teacher64, poisoned):
+def test_nan_structure_stops_strict_labeling_naming_file_and_frame(surrogate64, poisoned):
     with pytest.raises(StructureError, match=r"^in\.xyz frame 107: MACE returned non-finite .*--skip-bad"):
-        teacher64.compute_batch(poisoned, "in.xyz", first_frame=100)
+        surrogate64.compute_batch(poisoned, "in.xyz", first_frame=100)
 
 
-def test_evaluate_returns_rejected_for_the_culprit_only(teacher64, poisoned):
-    graphs = [teacher64.graph(a) for a in poisoned[4:10]]
-    results = teacher64.evaluate(graphs, [True] * 6)
+def test_evaluate_returns_rejected_for_the_culprit_only(surrogate64, poisoned):
+    graphs = [surrogate64.graph(a) for a in poisoned[4:10]]
+    results = surrogate64.evaluate(graphs, [True] * 6)
     assert [isinstance(r, Rejected) for r in results] == [False, False, False, True, False, False]
     assert all(np.isfinite(r[1]).all() for r in results if not isinstance(r, Rejected))

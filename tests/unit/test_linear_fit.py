@@ -24,10 +24,10 @@ def run_python(code: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tables(teacher32):
+def tables(surrogate32):
     """48 bundled step-4 structures labeled by the MACE teacher, split 80/20 like the pacemaker wrapper does."""
-    frames = teacher32.compute_batch(list(itertools.islice(iter_frames(demo_step4_path()), 48)))
-    return split_train_test(training_table(frames, teacher32.e0), test_size=0.2, seed=1)
+    frames = surrogate32.compute_batch(list(itertools.islice(iter_frames(demo_step4_path()), 48)))
+    return split_train_test(training_table(frames, surrogate32.e0), test_size=0.2, seed=1)
 
 
 @pytest.fixture(scope="module")

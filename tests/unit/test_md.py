@@ -24,9 +24,9 @@ def potential(fitted_pipeline):
 
 
 @pytest.fixture(scope="module")
-def good(potential, teacher32):
+def good(potential, surrogate32):
     yaml, asi, frames, names = potential
-    return md_check(yaml, asi, frames, names=names, teacher=teacher32, **SHORT)
+    return md_check(yaml, asi, frames, names=names, surrogate=surrogate32, **SHORT)
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +63,16 @@ def test_teacher_errors_on_trajectory(good):
         assert np.isfinite(run["teacher_forces_rmse_meV_per_A"])
 
 
-def test_teacher_errors_energy_convention(potential, teacher32):
+def test_teacher_errors_energy_convention(potential, surrogate32):
     "On training structures the teacher's (E − ΣE0)/N is the table's energy_corrected: errors match the direct ones."
     yaml, asi, frames, names = potential
     calc = md_calculator(yaml)
     sample = frames[:6]
-    err = teacher_errors(sample, calc, teacher32)
+    err = teacher_errors(sample, calc, surrogate32)
     direct = []
     for a in sample:
         at = a.copy(); at.calc = calc
-        ref = teacher32.compute_batch([a])[0].get_potential_energy() - sum(teacher32.e0[s] for s in a.get_chemical_symbols())
+        ref = surrogate32.compute_batch([a])[0].get_potential_energy() - sum(surrogate32.e0[s] for s in a.get_chemical_symbols())
         direct.append((at.get_potential_energy() - ref) / len(a))
     assert err["energy_meV_per_atom"] == pytest.approx(1e3 * np.sqrt(np.mean(np.square(direct))), rel=1e-6)
 

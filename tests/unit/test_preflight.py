@@ -24,8 +24,8 @@ def frames():
 
 
 @pytest.fixture(scope="module")
-def labeled(frames, teacher32):
-    return teacher32.compute_batch(frames)
+def labeled(frames, surrogate32):
+    return surrogate32.compute_batch(frames)
 
 
 @pytest.fixture

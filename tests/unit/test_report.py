@@ -56,10 +56,10 @@ def independent_metrics(yace, table, e0):
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_metrics_equal_independent_numpy(report, teacher32, split):
+def test_metrics_equal_independent_numpy(report, surrogate32, split):
     cfg, metrics = report
     d = delivered(cfg)
-    mine = independent_metrics(d.yace, read_training_table(d.table(split)), teacher32.e0)
+    mine = independent_metrics(d.yace, read_training_table(d.table(split)), surrogate32.e0)
     theirs = metrics[split]
     assert set(theirs) == set(mine)
     for key, value in mine.items():
@@ -110,11 +110,11 @@ def test_pacemaker_predictions_agree_with_deployed_potential(report):
     assert "pacemaker_agreement" not in metrics["skipped"]
 
 
-def test_parity_figure_has_the_three_panels(report, teacher32):
+def test_parity_figure_has_the_three_panels(report, surrogate32):
     cfg, metrics = report
     d = delivered(cfg)
     calc = ace_calculator(d.yace)
-    parities = [ace_predictions(calc, read_training_table(d.table(s)), s, teacher32.e0) for s in ("train", "test")]
+    parities = [ace_predictions(calc, read_training_table(d.table(s)), s, surrogate32.e0) for s in ("train", "test")]
     for p in parities:
         assert parity_metrics(p)["energy_rmse_meV_per_atom"] == pytest.approx(metrics[p["split"]]["energy_rmse_meV_per_atom"])
     fig = plot_parity(parities, {p["split"]: parity_metrics(p) for p in parities})

@@ -33,9 +33,9 @@ def frames():
 
 
 @pytest.fixture(scope="module")
-def rows(ace_yace, teacher32, frames):
+def rows(ace_yace, surrogate32, frames):
     md_atoms = max(frames, key=len)
-    return speed_table(ace_yace, teacher32, frames, md_atoms=md_atoms, min_time_s=0.05, md_min_time_s=0.05)
+    return speed_table(ace_yace, surrogate32, frames, md_atoms=md_atoms, min_time_s=0.05, md_min_time_s=0.05)
 
 
 def test_speed_table_rows(rows, frames):
@@ -50,8 +50,8 @@ def test_speed_table_rows(rows, frames):
     assert "random weights" in rows[2]["note"] and "batched labeler" in rows[1]["evaluator"]
 
 
-def test_speed_table_without_md_or_mp0(ace_yace, teacher32, frames):
-    rows = speed_table(ace_yace, teacher32, frames[:3], mp0_small=False, min_time_s=0.01)
+def test_speed_table_without_md_or_mp0(ace_yace, surrogate32, frames):
+    rows = speed_table(ace_yace, surrogate32, frames[:3], mp0_small=False, min_time_s=0.01)
     assert len(rows) == 2 and rows[1]["md_steps_per_s"] is None and rows[1]["md_ace_speedup"] is None
     assert "MD steps/s" not in format_speed_table(rows)
 
@@ -64,7 +64,7 @@ def test_format_speed_table(rows):
     assert "random weights: timing only" in text[-1]
 
 
-def test_mp0_small_like(tmp_path, teacher32):
+def test_mp0_small_like(tmp_path, surrogate32):
     from pyacemaker.oracle.mace_wrapper import MaceSurrogate
     assert len(MP0_ATOMIC_NUMBERS) == 89
     import torch
@@ -93,11 +93,11 @@ def test_atoms_per_second_counts_passes(frames):
     assert calls[0] == 1 and len(calls) > 2 and set(calls[1:]) == {len(frames)}   # passes repeated until min_time_s
 
 
-def test_md_steps_per_second_and_mace_calculator(teacher32, frames):
+def test_md_steps_per_second_and_mace_calculator(surrogate32, frames):
     atoms = frames[0]
-    calc = mace_calculator(teacher32)
+    calc = mace_calculator(surrogate32)
     at = atoms.copy(); at.calc = calc
-    ref = teacher32.compute_batch([atoms])[0]
+    ref = surrogate32.compute_batch([atoms])[0]
     assert at.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-3)
     positions = atoms.positions.copy()
     assert md_steps_per_second(calc, atoms, min_time_s=0.0, warmup_steps=1) > 0   # at least 3 timed steps
