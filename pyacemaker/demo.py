@@ -12,7 +12,7 @@ from pathlib import Path
 from .demo_data import demo_model_path, demo_step4_path
 from .domain_models.config import AceTrainingConfig, LabelingConfig, PipelineConfig, dump_config
 from .orchestrator import format_pipeline, run_pipeline
-from .oracle.mace_wrapper import file_sha256
+from .utils.io import file_sha256
 
 # %% auto #0
 __all__ = ['DEMO_TRAINING', 'demo_config', 'run_demo', 'format_demo']

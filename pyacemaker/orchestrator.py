@@ -17,13 +17,13 @@ import pandas as pd
 from . import __version__
 from .domain_models.config import LabelingConfig, PipelineConfig, PyacemakerError
 from .oracle.chunked_run import LabelingSummary, RunFiles, chunks_of_texts, label_file, text_fingerprint
-from .oracle.mace_wrapper import MaceSurrogate, file_sha256
+from .oracle.mace_wrapper import MaceSurrogate
 from .report.parity import format_summary, reports_dir, write_report
 from .trainer.ace_trainer import (Deliverables, FitResult, ITrainer, PacemakerWrapper, recover_delivery,
                                             split_train_test)
 from .trainer.linear_fit import LinearAceTrainer
-from .utils.io import (ExistingOutput, MissingInput, StructureError, check_training_set, iter_frames, run_lock,
-                                 table_row, write_pacemaker_extxyz, write_training_table)
+from .utils.io import (ExistingOutput, MissingInput, StructureError, check_training_set, file_sha256, iter_frames,
+                                 read_json, run_lock, table_row, write_pacemaker_extxyz, write_training_table)
 
 # %% auto #0
 __all__ = ['label', 'run_step5', 'step5_status', 'reference_energies', 'check_config', 'fit_key', 'fit_dir', 'fit_tables',
@@ -56,7 +56,7 @@ def step5_status(cfg: PipelineConfig) -> tuple[bool, str]:
     files, step4, lab = RunFiles(cfg.path(cfg.step5_file)), cfg.path(cfg.step4_file), cfg.labeling
     if files.partial.exists(): return False, "an unfinished labeling run is there"
     if not files.output.exists(): return False, "not labeled yet"
-    record = json.loads(files.record.read_text()) if files.record.exists() else {}
+    record = read_json(files.record)
     if not record: return False, f"{files.output.name} has no record ({files.record.name})"
     if not step4.exists(): return True, f"labels kept ({step4.name} is gone)"
     fps = [text_fingerprint(t) for _, t in chunks_of_texts(step4, record.get("chunk_size", lab.chunk_size))]
@@ -146,7 +146,7 @@ def trainer_for(cfg: PipelineConfig, progress: bool = True, executable: str = "p
 def _delivered_key(d: Deliverables) -> str | None:
     "The key recorded by the delivered set, if there is one."
     recover_delivery(d)
-    return json.loads(d.manifest.read_text()).get("key") if d.manifest.exists() else None
+    return read_json(d.manifest).get("key")
 
 def _remove_other_runs(cfg: PipelineConfig, key: str) -> None:
     "Remove the run folders of other fit keys (superseded scratch space)."
@@ -179,9 +179,8 @@ def run_step6(cfg: PipelineConfig, overwrite: bool = False, resume: bool = False
 # %% ../nbs/05_orchestrator.ipynb #86b0ba69
 def _report_current(cfg: PipelineConfig, d: Deliverables) -> bool:
     "True if reports/metrics.json was written for the delivered set."
-    path = reports_dir(cfg) / "metrics.json"
-    if not path.exists() or not d.manifest.exists(): return False
-    return json.loads(path.read_text()).get("delivery", {}).get("manifest_sha256") == file_sha256(d.manifest)
+    recorded = read_json(reports_dir(cfg) / "metrics.json").get("delivery", {}).get("manifest_sha256")
+    return recorded is not None and d.manifest.exists() and recorded == file_sha256(d.manifest)
 
 def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
                  executable: str = "pacemaker", scheduler: str | None = None, workers: int | None = None,

@@ -19,8 +19,8 @@ from ase.io import write
 from .. import __version__
 from ..domain_models.config import PyacemakerError
 from .mace_wrapper import SKIP_HINT, FrameTexts, LabeledChunk, MaceSurrogate
-from ..utils.io import (ExistingOutput, MissingInput, OutputError, StructureError, atomic_output, check_output_path, frame_problem,
-                                 iter_frame_texts, parse_frame, remove_stale_temporaries, run_lock, where)
+from ..utils.io import (ExistingOutput, MissingInput, OutputError, StructureError, atomic_output, check_output_path,
+                                 frame_problem, iter_frame_texts, parse_frame, read_json, remove_stale_temporaries, run_lock, where)
 from ..utils.progress import progress as progress_bar
 
 # %% auto #0
@@ -119,11 +119,6 @@ def manifest_provenance(manifest: dict) -> dict:
     return {"mace_model": manifest["mace_model"], "mace_model_sha256": manifest["mace_model_sha256"][:16],
             "mace_head": manifest["head"], "mace_dtype": manifest["dtype"]}
 
-def _read_manifest(files: RunFiles) -> dict:
-    "The manifest of an unfinished run (empty if missing or unreadable)."
-    try: return json.loads(files.manifest.read_text())
-    except (OSError, ValueError): return {}
-
 def open_partial(files: RunFiles, manifest: dict, scan: Scan, resume: bool, overwrite: bool, skip_bad: bool) -> tuple[dict, set[int]]:
     "Create, reuse (resume) or reset (overwrite) the run folder; the manifest in force and the finished chunks."
     if files.partial.exists() and not resume:
@@ -134,7 +129,7 @@ def open_partial(files: RunFiles, manifest: dict, scan: Scan, resume: bool, over
         files.partial.mkdir(parents=True)
         with atomic_output(files.manifest) as tmp: tmp.write_text(json.dumps(manifest, indent=1))
         return manifest, set()
-    old = _read_manifest(files)
+    old = read_json(files.manifest)
     diff = [k for k in MANIFEST_KEYS if old.get(k) != manifest[k]]
     if diff:
         raise RunMismatch(f"{files.partial}: cannot resume, the run differs in {', '.join(diff)} (was "

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import socket
 import threading
@@ -20,6 +19,7 @@ from ..domain_models.config import LabelingConfig, PyacemakerError
 from .chunked_run import (LabelingSummary, RunFiles, manifest_provenance, run_chunks, run_manifest,
                                            write_chunk)
 from .mace_wrapper import FrameTexts, MaceSurrogate
+from ..utils.io import read_json
 
 # %% auto #0
 __all__ = ['DistributedError', 'require_distributed', 'model_spec', 'cached_surrogate', 'label_shard', 'dask_client',
@@ -77,7 +77,7 @@ def _check_run(files: RunFiles, manifest: dict) -> None:
     if not files.manifest.is_file():
         raise DistributedError(f"{files.partial} is not visible on worker host {socket.gethostname()}: the output folder must be "
                                "on a filesystem shared by the client and all workers (or the run was removed)")
-    if json.loads(files.manifest.read_text()) != manifest:
+    if read_json(files.manifest) != manifest:
         raise DistributedError(f"{files.partial} now belongs to another labeling run; this shard is not written")
 
 def label_shard(k: int, fingerprint: str, texts: list, input: str, output: str, spec: dict, manifest: dict,

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import queue
 import threading
@@ -23,11 +22,11 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from fastcore.basics import patch
 
 from ..domain_models.config import LabelingConfig, PyacemakerError
-from ..utils.io import LABEL_KEYS, StructureError, frame_problem, parse_frame, where
+from ..utils.io import LABEL_KEYS, StructureError, file_sha256, frame_problem, parse_frame, where
 
 # %% auto #0
-__all__ = ['SKIP_HINT', 'quiet_mace', 'ModelError', 'file_sha256', 'MaceSurrogate', 'atom_budget_batches', 'collate', 'Rejected',
-           'labeled', 'FrameTexts', 'LabeledChunk']
+__all__ = ['SKIP_HINT', 'quiet_mace', 'ModelError', 'MaceSurrogate', 'atom_budget_batches', 'collate', 'Rejected', 'labeled',
+           'FrameTexts', 'LabeledChunk']
 
 # %% ../../nbs/02_labeler.ipynb #c88e5a0b
 @contextlib.contextmanager
@@ -50,13 +49,6 @@ with quiet_mace():
 # %% ../../nbs/02_labeler.ipynb #af6af3c2
 class ModelError(PyacemakerError, ValueError):
     "A MACE model file that cannot be used: missing, not a model, wrong head, device or compilation."
-
-def file_sha256(path: str | Path, nbytes: int = 1 << 20) -> str:
-    "SHA-256 of a file (hex), read in blocks."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(nbytes): h.update(block)
-    return h.hexdigest()
 
 def _choose_head(heads: list[str], head: str | None, path) -> str:
     "The head to evaluate: the only one, or the one asked for (validated)."

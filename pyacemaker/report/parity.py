@@ -16,11 +16,11 @@ from ase import Atoms
 from ase.units import GPa
 
 from ..domain_models.config import PipelineConfig
-from ..oracle.mace_wrapper import MaceSurrogate, file_sha256
+from ..oracle.mace_wrapper import MaceSurrogate
 from .md import format_md_summary, md_check, md_metrics, plot_md
 from .speed import format_speed_table, speed_table
 from ..trainer.ace_trainer import DeliveryError, Deliverables, import_pyace, open_delivered
-from ..utils.io import atomic_output, read_training_table, table_frames
+from ..utils.io import atomic_output, file_sha256, read_training_table, table_frames
 
 # %% auto #0
 __all__ = ['TRAIN_STYLE', 'TRAIN_DENSITY', 'TEST_STYLE', 'GAMMA_TRUST', 'GAMMA_EPS', 'METRICS_KEYS', 'ace_calculator',

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -32,14 +31,15 @@ from fastcore.basics import patch
 
 from .. import __version__
 from ..domain_models.config import AceTrainingConfig, PyacemakerError
-from ..utils.io import ExistingOutput, OutputError, atomic_output, read_training_table, table_frames
+from ..utils.io import (ExistingOutput, OutputError, atomic_output, file_sha256, read_json, read_training_table,
+                                 table_frames)
 from ..utils.progress import progress as progress_bar
 
 # %% auto #0
 __all__ = ['FS_EXPONENTS', 'RUN_FILES', 'ITERATION', 'DISPLAY_ITERATION', 'STAMP', 'fs_parameters', 'weighting_section',
            'pacemaker_input', 'split_train_test', 'PacemakerNotFound', 'PacemakerError', 'install_hint', 'find_tool',
            'check_pacemaker', 'Deliverables', 'import_pyace', 'yace_elements', 'set_yace_e0', 'yaml_to_yace',
-           'record_reference_energies', 'lammps_inputs', 'DeliveryError', 'sha256_file', 'stage_delivery', 'swap_in',
+           'record_reference_energies', 'lammps_inputs', 'DeliveryError', 'stage_delivery', 'swap_in',
            'recover_delivery', 'open_delivered', 'start_child', 'stop_child', 'FitResult', 'ITrainer',
            'PacemakerWrapper']
 
@@ -229,13 +229,6 @@ def lammps_inputs(d: Deliverables, elements: list[str]) -> dict[str, str]:
 class DeliveryError(PyacemakerError):
     "The delivered set in models/ is missing, incomplete or mixed with files of another fit."
 
-def sha256_file(path: Path) -> str:
-    "SHA-256 of a file."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20): h.update(block)
-    return h.hexdigest()
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     "Hard-link `src` as `dst` (no second copy of a big table), or copy where links are impossible."
     try: os.link(src, dst)
@@ -250,18 +243,14 @@ def stage_delivery(run_dir: Path, d: Deliverables, manifest: dict) -> Path:
         if (Path(run_dir) / src).exists():
             dst = d.staging / f"{d.name}{suffix}"
             _link_or_copy(Path(run_dir) / src, dst)
-            files[dst.name] = sha256_file(dst)
+            files[dst.name] = file_sha256(dst)
     with atomic_output(d.staging / d.manifest.name) as tmp: tmp.write_text(json.dumps({**manifest, "files": files}, indent=1))
     return d.staging
 
-def _read_json(path: Path) -> dict:
-    try: return json.loads(path.read_text())
-    except (OSError, ValueError): return {}
-
 def swap_in(d: Deliverables) -> dict:
     "Move a complete staging folder's files into models/, manifest last; drop files only the old set had."
-    new = _read_json(d.staging / d.manifest.name)
-    old = _read_json(d.manifest)
+    new = read_json(d.staging / d.manifest.name)
+    old = read_json(d.manifest)
     for name in new["files"]:
         if (d.staging / name).exists(): os.replace(d.staging / name, Path(d.models_dir) / name)
     os.replace(d.staging / d.manifest.name, d.manifest)
@@ -283,11 +272,11 @@ def open_delivered(d: Deliverables, verify: bool = True) -> dict:
         hint = f" ({d.yace.name} is there but has no {d.manifest.name}: delivered by an older pyacemaker; refit with --overwrite)" \
                if d.yace.exists() else ""
         raise DeliveryError(f"{d.yace}: no fitted potential here{hint}; run step 6 first (pyacemaker fit / run)")
-    manifest = _read_json(d.manifest)
+    manifest = read_json(d.manifest)
     for name, digest in manifest.get("files", {}).items() if verify else []:
         p = Path(d.models_dir) / name
         if not p.exists(): raise DeliveryError(f"{p}: missing from the delivered set ({d.manifest.name}); refit with --overwrite")
-        if sha256_file(p) != digest:
+        if file_sha256(p) != digest:
             raise DeliveryError(f"{p}: does not belong to the delivered set (its SHA-256 differs from {d.manifest.name}: "
                                 "edited, or left by an interrupted copy); refit with --overwrite")
     return manifest
@@ -480,7 +469,7 @@ class _Progress:
 
 def _read_checkpoint(run_dir: Path) -> dict:
     "The checkpoint record of a run folder (empty if none)."
-    return _read_json(run_dir / "checkpoint.json") if (run_dir / "checkpoint.yaml").exists() else {}
+    return read_json(run_dir / "checkpoint.json") if (run_dir / "checkpoint.yaml").exists() else {}
 
 @patch
 def _checkpoint(self: PacemakerWrapper, run_dir: Path, at: _Progress, done_before: int) -> None:

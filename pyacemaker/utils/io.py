@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -31,10 +32,10 @@ from ..domain_models.config import PyacemakerError
 __all__ = ['MIN_ATOM_LINE', 'MAX_CELL_LENGTH', 'VACUUM_MARGIN', 'LOCK_HEARTBEAT_S', 'LOCK_STALE_S', 'LABEL_KEYS', 'TABLE_COLUMNS',
            'StructureError', 'MissingInput', 'ExistingOutput', 'OutputError', 'where', 'open_text', 'iter_frame_texts',
            'parse_frame', 'iter_frames', 'CellError', 'periodic_equivalent', 'cell_kind', 'shortest_distance',
-           'frame_problem', 'check_structure', 'os_problem', 'check_output_path', 'atomic_output', 'write_frames',
-           'remove_stale_temporaries', 'RunLocked', 'run_lock', 'stress_to_virial', 'virial_to_stress', 'frame_labels',
-           'table_row', 'training_table', 'write_training_table', 'read_training_table', 'table_frames',
-           'check_training_set', 'write_pacemaker_extxyz']
+           'frame_problem', 'check_structure', 'file_sha256', 'read_json', 'os_problem', 'check_output_path',
+           'atomic_output', 'write_frames', 'remove_stale_temporaries', 'RunLocked', 'run_lock', 'stress_to_virial',
+           'virial_to_stress', 'frame_labels', 'table_row', 'training_table', 'write_training_table',
+           'read_training_table', 'table_frames', 'check_training_set', 'write_pacemaker_extxyz']
 
 # %% ../../nbs/01_io.ipynb #d7e35e93
 class StructureError(PyacemakerError, ValueError):
@@ -213,6 +214,19 @@ def check_structure(atoms: Atoms, path, frame: int, elements: Iterable[str] | No
     if problem: raise StructureError(f"{where(path, frame)}: {problem}")
     return atoms
 
+# %% ../../nbs/01_io.ipynb #ec8a614f
+def file_sha256(path: str | Path, nbytes: int = 1 << 20) -> str:
+    "SHA-256 of a file (hex), read in blocks."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(nbytes): h.update(block)
+    return h.hexdigest()
+
+def read_json(path: str | Path) -> dict:
+    "A JSON record (manifest, lock, checkpoint); empty if it is missing or unreadable."
+    try: return json.loads(Path(path).read_text())
+    except (OSError, ValueError): return {}
+
 # %% ../../nbs/01_io.ipynb #6367bc79
 _OS_REASONS = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large for the filesystem",
                errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}
@@ -283,11 +297,6 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
 class RunLocked(PyacemakerError):
     "Another live run holds the lock of this output."
 
-def _lock_holder(lock: Path) -> dict:
-    "What a lock file says about its owner (empty if unreadable)."
-    try: return json.loads(lock.read_text())
-    except (OSError, ValueError): return {}
-
 LOCK_HEARTBEAT_S = 60.0
 LOCK_STALE_S = 600.0
 
@@ -316,7 +325,7 @@ def run_lock(lock: str | Path, what: str = "pyacemaker"):
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             break
         except FileExistsError:
-            holder = _lock_holder(lock)
+            holder = read_json(lock)
             if attempt == 0 and _is_stale(lock, holder):
                 with contextlib.suppress(FileNotFoundError): lock.unlink()
                 continue
@@ -331,7 +340,7 @@ def run_lock(lock: str | Path, what: str = "pyacemaker"):
     try: yield lock
     finally:
         stop.set()
-        if _lock_holder(lock).get("pid") == os.getpid():
+        if read_json(lock).get("pid") == os.getpid():
             with contextlib.suppress(OSError): lock.unlink()
 
 # %% ../../nbs/01_io.ipynb #28662b30
