@@ -501,13 +501,21 @@ def _resume_args(self: PacemakerWrapper, run_dir: Path) -> tuple[list[str], int]
 
 # %% ../../nbs/03_trainer.ipynb #45d50c57
 @patch
+def _keep_checkpoint(self: PacemakerWrapper, run_dir: Path, at: _Progress, done_before: int, err: BaseException) -> None:
+    "After pacemaker stopped early: take a last checkpoint, and tell on `err` what is kept and how to resume."
+    if at.total: self._checkpoint(run_dir, at, done_before)
+    if ck := _read_checkpoint(run_dir):
+        err.add_note(f"pacemaker's checkpoint after {ck['iterations_done']} iterations is kept in {run_dir}; "
+                     "the same command with --resume continues from it")
+
+@patch
 def run(self: PacemakerWrapper, run_dir: Path, resume: bool = False) -> dict:
     "Run pacemaker in `run_dir` (from the checkpoint if `resume`); raise PacemakerError with the log tail on failure."
     run_dir, exe = Path(run_dir), check_pacemaker(self.executable)
     args, done_before = self._resume_args(run_dir) if resume and _read_checkpoint(run_dir) else (["input.yaml"], 0)
-    stale = ["output_potential.yaml", "output_potential.yace", "output_potential.asi", "interim_potential_0.yaml"]
-    for stale in stale + ([] if resume else ["checkpoint.yaml", "checkpoint.json"]):
-        with contextlib.suppress(FileNotFoundError): (run_dir / stale).unlink()
+    outputs = ["output_potential.yaml", "output_potential.yace", "output_potential.asi", "interim_potential_0.yaml"]
+    for name in outputs + ([] if resume else ["checkpoint.yaml", "checkpoint.json"]):     # nothing of an earlier attempt
+        with contextlib.suppress(FileNotFoundError): (run_dir / name).unlink()
     log, at, bar, last_ck = run_dir / "pacemaker.log", _Progress(), None, time.monotonic()
     proc = start_child([exe, *args], run_dir, self.environment())
     try:
@@ -524,18 +532,13 @@ def run(self: PacemakerWrapper, run_dir: Path, resume: bool = False) -> dict:
         rc = proc.wait()
     except BaseException as err:
         stop_child(proc)
-        if at.total: self._checkpoint(run_dir, at, done_before)
-        ck = _read_checkpoint(run_dir)
-        if ck: err.add_note(f"pacemaker stopped; its checkpoint after {ck['iterations_done']} iterations is kept in {run_dir}; "
-                            "the same command with --resume continues from it")
+        self._keep_checkpoint(run_dir, at, done_before, err)
         raise
     finally:
         if bar is not None: bar.close()
     if rc != 0:
-        if at.total: self._checkpoint(run_dir, at, done_before)
         err = PacemakerError(f"pacemaker exited with status {rc} in {run_dir}; its log is {log}, which ends:", _log_tail(log))
-        if ck := _read_checkpoint(run_dir):
-            err.add_note(f"its checkpoint after {ck['iterations_done']} iterations is kept; the same command with --resume continues from it")
+        self._keep_checkpoint(run_dir, at, done_before, err)
         raise err
     if not (run_dir / "output_potential.yaml").exists():
         raise PacemakerError(f"pacemaker finished but wrote no output_potential.yaml in {run_dir}; its log is {log}, which ends:",
