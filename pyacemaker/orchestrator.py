@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import __version__
 from .domain_models.config import LabelingConfig, PipelineConfig, PyacemakerError
-from .oracle.chunked_run import LabelingSummary, RunFiles, chunks_of_texts, label_file, text_fingerprint
+from .oracle.chunked_run import LabelingSummary, RunFiles, input_fingerprint, label_file
 from .oracle.mace_wrapper import MaceSurrogate
 from .report.parity import format_summary, reports_dir, write_report
 from .trainer.ace_trainer import (Deliverables, FitResult, ITrainer, PacemakerWrapper, recover_delivery,
@@ -59,8 +59,8 @@ def step5_status(cfg: PipelineConfig) -> tuple[bool, str]:
     record = read_json(files.record)
     if not record: return False, f"{files.output.name} has no record ({files.record.name})"
     if not step4.exists(): return True, f"labels kept ({step4.name} is gone)"
-    fps = [text_fingerprint(t) for _, t in chunks_of_texts(step4, record.get("chunk_size", lab.chunk_size))]
-    if hashlib.sha256("".join(fps).encode()).hexdigest() != record.get("input_fingerprint"): return False, f"{step4.name} changed"
+    if input_fingerprint(step4, record.get("chunk_size", lab.chunk_size)) != record.get("input_fingerprint"):
+        return False, f"{step4.name} changed"
     now = {"mace_model_sha256": file_sha256(lab.model), "head": lab.head or record.get("head"), "dtype": lab.dtype,
            "keys": lab.keys, "min_distance": float(lab.min_distance)}
     changed = [k for k, v in now.items() if record.get(k) != v]
@@ -85,9 +85,9 @@ def check_config(cfg: PipelineConfig) -> str:
     lab, tr = cfg.labeling, cfg.training
     surrogate = MaceSurrogate.from_config(lab)
     _check_elements(cfg, surrogate)
-    step4, step5 = cfg.path(cfg.step4_file), cfg.path(cfg.step5_file)
+    step4, step5, e0 = cfg.path(cfg.step4_file), cfg.path(cfg.step5_file), reference_energies(cfg, surrogate)
     if step5.exists() and not RunFiles(step5).partial.exists():
-        fit_tables(cfg, reference_energies(cfg, surrogate))            # step 6's pre-flight, on the labels there
+        fit_tables(cfg, e0)                                            # step 6's pre-flight, on the labels there
     done, why = step5_status(cfg)
     lines = [f"work_dir: {cfg.work_dir}",
              f"step 5: label {step4}{'' if step4.exists() else ' (NOT FOUND yet)'} -> {step5} ({why})",
@@ -98,7 +98,7 @@ def check_config(cfg: PipelineConfig) -> str:
              f"{tr.max_basis_grade} functions per element"
              + (f" grown by ladder_step {tr.ladder_step} ({tr.ladder_type})" if tr.ladder_step else "")
              + f", {tr.optimizer} maxiter {tr.maxiter}, weighting {tr.weighting.type}, test fraction {tr.test_size}",
-             f"        E0 per element: {reference_energies(cfg, surrogate)}",
+             f"        E0 per element: {e0}",
              f"        -> {cfg.path(cfg.ace_model_file)}",
              f"report: -> {reports_dir(cfg)}" + (f" (MD check at {cfg.md.temperatures_K} K)" if cfg.md.enabled else "")]
     return "\n".join(lines)
@@ -110,6 +110,13 @@ def fit_key(cfg: PipelineConfig, e0: dict[str, float]) -> str:
     parts = {"step5_sha256": file_sha256(step5), "training": cfg.training.model_dump(mode="json"),
              "e0": {k: round(float(v), 10) for k, v in sorted(e0.items())}, "pyacemaker": __version__}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+def _fit_identity(cfg: PipelineConfig) -> tuple[dict[str, float], str]:
+    "E0 and the fit key of the current labels and settings (training.elements checked against the MACE model)."
+    surrogate = MaceSurrogate.from_config(cfg.labeling) if cfg.training.reference_energy == "mace" else None
+    if surrogate is not None: _check_elements(cfg, surrogate)
+    e0 = reference_energies(cfg, surrogate)
+    return e0, fit_key(cfg, e0)
 
 def fit_dir(cfg: PipelineConfig, key: str | None = None) -> Path:
     "pacemaker's run folders (`work_dir/fit`), or the one of a fit key."
@@ -157,11 +164,8 @@ def run_step6(cfg: PipelineConfig, overwrite: bool = False, resume: bool = False
               progress: bool = True, executable: str = "pacemaker", threads: int | None = None) -> FitResult:
     "Fit an ACE potential to the step-5 labels; deliver `models/ace_base.yace` and its set."
     d = Deliverables.of(cfg.path(cfg.ace_model_file))
-    surrogate = MaceSurrogate.from_config(cfg.labeling) if cfg.training.reference_energy == "mace" else None
-    if surrogate is not None: _check_elements(cfg, surrogate)
-    e0 = reference_energies(cfg, surrogate)
-    key, delivered = fit_key(cfg, e0), _delivered_key(d)
-    run_dir = fit_dir(cfg, key)
+    e0, key = _fit_identity(cfg)
+    delivered, run_dir = _delivered_key(d), fit_dir(cfg, key)
     if resume:
         if delivered == key: raise ExistingOutput(f"{d.yace} is already fitted to these labels and settings; nothing to resume")
         if not (run_dir / "checkpoint.yaml").exists():
@@ -194,9 +198,7 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = Fa
         out["labels"] = run_step5(cfg, resume=partial and not overwrite, overwrite=True, progress=progress,
                                   scheduler=scheduler, workers=workers)
     out["timings"]["label_s"], t = time.perf_counter() - t, time.perf_counter()
-    d = Deliverables.of(cfg.path(cfg.ace_model_file))
-    surrogate = MaceSurrogate.from_config(cfg.labeling) if cfg.training.reference_energy == "mace" else None
-    key = fit_key(cfg, reference_energies(cfg, surrogate))
+    d, (_, key) = Deliverables.of(cfg.path(cfg.ace_model_file)), _fit_identity(cfg)
     if _delivered_key(d) == key and not overwrite: out["reused"].append("step 6 (potential up to date)")
     else:
         interrupted = (fit_dir(cfg, key) / "checkpoint.yaml").exists() and not overwrite

@@ -24,9 +24,9 @@ from ..utils.io import (ExistingOutput, MissingInput, OutputError, StructureErro
 from ..utils.progress import progress as progress_bar
 
 # %% auto #0
-__all__ = ['MANIFEST_KEYS', 'RunFiles', 'Scan', 'chunks_of_texts', 'text_fingerprint', 'scan_input', 'RunMismatch',
-           'run_manifest', 'manifest_provenance', 'open_partial', 'write_chunk', 'assemble', 'LabelingSummary',
-           'run_chunks', 'label_file']
+__all__ = ['MANIFEST_KEYS', 'RunFiles', 'Scan', 'chunks_of_texts', 'text_fingerprint', 'combined_fingerprint',
+           'input_fingerprint', 'scan_input', 'RunMismatch', 'run_manifest', 'manifest_provenance', 'open_partial',
+           'write_chunk', 'assemble', 'LabelingSummary', 'run_chunks', 'label_file']
 
 # %% ../../nbs/02a_chunked_run.ipynb #7d171139
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Scan:
     @property
     def n_chunks(self) -> int: return len(self.fingerprints)
     @property
-    def fingerprint(self) -> str: return hashlib.sha256("".join(self.fingerprints).encode()).hexdigest()
+    def fingerprint(self) -> str: return combined_fingerprint(self.fingerprints)
     def chunk_sizes(self, k: int) -> list[int]: return self.sizes[k * self.chunk_size:(k + 1) * self.chunk_size]
 
 def chunks_of_texts(path: Path, chunk_size: int) -> Iterator[tuple[int, list[tuple[int, int, str]]]]:
@@ -75,6 +75,14 @@ def text_fingerprint(texts: list[tuple[int, int, str]]) -> str:
     h = hashlib.sha256()
     for _, _, text in texts: h.update(text.encode())
     return h.hexdigest()
+
+def combined_fingerprint(fingerprints: Iterable[str]) -> str:
+    "The fingerprint of a whole input: SHA-256 of its chunks' fingerprints, in order."
+    return hashlib.sha256("".join(fingerprints).encode()).hexdigest()
+
+def input_fingerprint(path: Path, chunk_size: int) -> str:
+    "The fingerprint of an input file cut into chunks of `chunk_size` (reads the text, parses nothing)."
+    return combined_fingerprint(text_fingerprint(texts) for _, texts in chunks_of_texts(path, chunk_size))
 
 def _problems_message(path, problems: list[tuple[int, str]]) -> str:
     "The first problem, how many more, and the ways out."
@@ -141,12 +149,11 @@ def _finished_chunks(files: RunFiles, scan: Scan, skip_bad: bool) -> set[int]:
     "Chunks whose file matches their input's fingerprint; stale chunk files are removed."
     done = set()
     for p in files.partial.glob("chunk_*.xyz"):
-        parts = p.name.split(".")[0].split("_")          # chunk, k, fingerprint
-        k, fp = int(parts[1]), parts[2]
-        current = scan.fingerprints[k][:16] if k < scan.n_chunks else None
-        if fp != current: p.unlink(); continue
-        if not p.name.endswith(".rejected.xyz") and not (not skip_bad and files.rejected_chunk(k, current).exists()):
-            done.add(k)
+        _, k, fp = p.name.split(".")[0].split("_")       # chunk, k, fingerprint
+        k = int(k)
+        if k >= scan.n_chunks or fp != scan.fingerprints[k][:16]: p.unlink(); continue
+        if p.name.endswith(".rejected.xyz"): continue
+        if skip_bad or not files.rejected_chunk(k, fp).exists(): done.add(k)   # a strict run relabels set-aside frames
     return done
 
 # %% ../../nbs/02a_chunked_run.ipynb #76298027
@@ -215,7 +222,7 @@ def _pending(input: Path, scan: Scan, done: set[int]) -> Iterator[tuple[int, str
         yield k, fp, texts
 
 def run_chunks(input: str | Path, output: str | Path, manifest: dict, elements: Iterable[str],
-               label_pending: Callable[[Iterator, dict], Iterator[tuple[int, int, int, int]]], resume: bool = False,
+               label_pending: Callable[[Iterator, dict], Iterator[tuple[int, int, int]]], resume: bool = False,
                overwrite: bool = False, progress: bool = True, on_chunk: Callable[[int, int], None] | None = None,
                skip_bad: bool = False, what: str = "pyacemaker label") -> LabelingSummary:
     "Scan, open the run folder, label the pending chunks with `label_pending`, assemble; the shared skeleton of every run."
@@ -226,11 +233,11 @@ def run_chunks(input: str | Path, output: str | Path, manifest: dict, elements: 
         scan = scan_input(input, elements, manifest["chunk_size"], manifest["min_distance"], skip_bad, progress)
         manifest, done = open_partial(files, manifest, scan, resume, overwrite, skip_bad)
         n_done = sum(len(scan.chunk_sizes(k)) for k in done)
-        t0, n_now, atoms_now, rejected_now = time.perf_counter(), n_done, 0, 0
+        t0, n_now, atoms_now = time.perf_counter(), n_done, 0
         bar = progress_bar(len(scan.sizes), f"label {input.name}", "structure", initial=n_done, enabled=progress)
         try:
-            for k, n, n_atoms, n_rejected in label_pending(_pending(input, scan, done), manifest):
-                n_now += n; atoms_now += n_atoms; rejected_now += n_rejected
+            for k, n, n_atoms in label_pending(_pending(input, scan, done), manifest):
+                n_now += n; atoms_now += n_atoms
                 bar.update(n); bar.set_postfix(atoms_per_s=f"{atoms_now / (time.perf_counter() - t0):.0f}")
                 if on_chunk is not None: on_chunk(k, n_now)
             record = assemble(files, scan, manifest, input, overwrite=overwrite or resume)
@@ -247,20 +254,21 @@ def run_chunks(input: str | Path, output: str | Path, manifest: dict, elements: 
                            structures_per_s=(n_now - n_done) / dt if dt > 0 else 0.0, atoms_per_s=atoms_now / dt if dt > 0 else 0.0)
 
 # %% ../../nbs/02a_chunked_run.ipynb #e7a767f6
-def _label_here(surrogate: MaceSurrogate, input: Path, files: RunFiles, min_distance: float, skip_bad: bool, keys: str):
-    "A `label_pending` that labels with `surrogate` in this process, writing each chunk in a second thread."
-    def label_pending(pending: Iterator, manifest: dict) -> Iterator[tuple[int, int, int, int]]:
+def _label_here(surrogate: MaceSurrogate, input: Path, files: RunFiles, skip_bad: bool):
+    "A `label_pending` that labels with `surrogate` in this process (settings from the manifest), writing each chunk in a second thread."
+    def label_pending(pending: Iterator, manifest: dict) -> Iterator[tuple[int, int, int]]:
         fps, sizes = {}, {}
         def chunks():
             for k, fp, texts in pending:
                 fps[k] = fp; chunk = FrameTexts(texts, input); sizes[k] = sum(chunk.sizes())
                 yield k, texts[0][0], chunk
-        stream = surrogate.label_stream(chunks(), input, min_distance, skip_bad, keys, manifest_provenance(manifest))
+        stream = surrogate.label_stream(chunks(), input, manifest["min_distance"], skip_bad, manifest["keys"],
+                                        manifest_provenance(manifest))
         with ThreadPoolExecutor(1) as writer:
             waiting = None
             for chunk in stream:
                 if waiting: waiting[0].result(); yield waiting[1]
-                counts = (chunk.key, len(chunk.labeled) + len(chunk.rejected), sizes[chunk.key], len(chunk.rejected))
+                counts = (chunk.key, len(chunk.labeled) + len(chunk.rejected), sizes[chunk.key])
                 waiting = (writer.submit(write_chunk, files, chunk.key, fps[chunk.key], chunk), counts)
             if waiting: waiting[0].result(); yield waiting[1]
     return label_pending
@@ -274,5 +282,5 @@ def label_file(input: str | Path, output: str | Path, surrogate: MaceSurrogate, 
     if int(chunk_size) < 1: raise PyacemakerError(f"chunk_size must be at least 1, got {chunk_size}")
     manifest = run_manifest(surrogate, chunk_size, min_distance, keys)
     return run_chunks(input, output, manifest, surrogate.elements,
-                      _label_here(surrogate, input, files, min_distance, skip_bad, keys),
+                      _label_here(surrogate, input, files, skip_bad),
                       resume, overwrite, progress, on_chunk, skip_bad)

@@ -132,7 +132,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, client
 def _shards_on(client, input: Path, output: Path, spec: dict, skip_bad: bool, seen: set, load_s: list):
     "A `label_pending` for `run_chunks`: submit shard tasks (two per worker thread in flight), yield them as they finish."
     from distributed import as_completed
-    def label_pending(pending: Iterator, manifest: dict) -> Iterator[tuple[int, int, int, int]]:
+    def label_pending(pending: Iterator, manifest: dict) -> Iterator[tuple[int, int, int]]:
         run, finished, running = uuid.uuid4().hex[:8], as_completed(), set()
         def refill():
             limit = max(4, 2 * sum(client.nthreads().values()))
@@ -147,7 +147,7 @@ def _shards_on(client, input: Path, output: Path, spec: dict, skip_bad: bool, se
                 running.discard(f)
                 stats = f.result()
                 seen.add(stats["worker"]); load_s.append(stats["load_s"])
-                yield stats["k"], stats["n_structures"], stats["n_atoms"], stats["n_rejected"]
+                yield stats["k"], stats["n_structures"], stats["n_atoms"]
                 refill()
         finally:
             if running: client.cancel(list(running))

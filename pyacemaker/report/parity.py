@@ -182,7 +182,7 @@ def _save_figure(fig, path: Path) -> Path:
     with atomic_output(path, overwrite=True) as tmp: fig.savefig(tmp, dpi=120, format="png")
     return path
 
-def _parity_section(d: Deliverables, manifest: dict, metrics: dict, figs: dict) -> tuple[dict, list]:
+def _parity_section(d: Deliverables, manifest: dict, metrics: dict, figs: dict) -> dict[str, pd.DataFrame]:
     "Parity of the deployed .yace on the set's tables, and pacemaker's agreement; the tables read."
     tables = {s: read_training_table(d.table(s)) for s in ("train", "test") if d.table(s).exists()}
     if not tables: raise DeliveryError(f"{d.models_dir}: the delivered set has no training table; refit with --overwrite")
@@ -197,35 +197,31 @@ def _parity_section(d: Deliverables, manifest: dict, metrics: dict, figs: dict) 
     figs["parity"] = plot_parity(parities, metrics, manifest.get("mode", "pacemaker"))
     return tables
 
-def _extrapolation_section(d: Deliverables, tables: dict, metrics: dict, figs: dict) -> None:
+def _extrapolation_section(d: Deliverables, tables: dict, frames: dict, metrics: dict, figs: dict) -> None:
     "γ of every table structure, if the set has an active set."
     if not d.asi.exists():
         metrics["skipped"]["extrapolation"] = f"no active set ({d.asi.name}) in the delivered set"; return
-    frames = [f for df in tables.values() for f in table_frames(df)]
     names = [n for df in tables.values() for n in df.name]
-    gamma = extrapolation_grades(d.yaml, d.asi, frames)
+    gamma = extrapolation_grades(d.yaml, d.asi, [f for split in tables for f in frames[split]])
     above = [(n, float(g)) for n, g, out in zip(names, gamma, extrapolating(gamma)) if out]
     metrics["extrapolation"] = {"threshold": GAMMA_TRUST, "max_gamma": float(gamma.max()), "n_structures": len(gamma),
                                 "n_gamma_above_threshold": len(above), "structures_gamma_above_threshold": above}
     figs["extrapolation"] = plot_extrapolation(gamma)
 
-def _md_section(cfg: PipelineConfig, d: Deliverables, tables: dict, surrogate: MaceSurrogate, metrics: dict, figs: dict,
-                md: bool | None) -> None:
+def _md_section(cfg: PipelineConfig, d: Deliverables, tables: dict, frames: dict, surrogate: MaceSurrogate, metrics: dict,
+                figs: dict, md: bool | None) -> None:
     "Short MD with the deployed potential from the largest (or named) training structures; the teacher on its trajectory."
     if md is False or (md is None and not cfg.md.enabled):
         metrics["skipped"]["md"] = "switched off (md.enabled: false, or --no-md)"; return
-    train = tables["train"]
-    result = md_check(d.yaml, d.asi if d.asi.exists() else None, table_frames(train), names=list(train.name), surrogate=surrogate,
-                      **cfg.md.model_dump(exclude={"enabled"}))
+    result = md_check(d.yaml, d.asi if d.asi.exists() else None, frames["train"], names=list(tables["train"].name),
+                      surrogate=surrogate, **cfg.md.model_dump(exclude={"enabled"}))
     metrics["md"] = md_metrics(result)
     figs["md"] = plot_md(result)
 
-def _speed_section(d: Deliverables, tables: dict, surrogate: MaceSurrogate, metrics: dict, speed: bool) -> None:
+def _speed_section(d: Deliverables, frames: dict, surrogate: MaceSurrogate, metrics: dict, speed: bool) -> None:
     "The speed table on the test structures (or the training ones): ACE, the surrogate, a MACE of production size; MD steps/s."
     if not speed: metrics["skipped"]["speed"] = "switched off (--no-speed)"; return
-    frames = table_frames(tables.get("test", tables["train"]))
-    largest = max(table_frames(tables["train"]), key=len)
-    metrics["speed"] = speed_table(d.yace, surrogate, frames, md_atoms=largest)
+    metrics["speed"] = speed_table(d.yace, surrogate, frames.get("test", frames["train"]), md_atoms=max(frames["train"], key=len))
 
 def write_report(cfg: PipelineConfig, speed: bool = True, md: bool | None = None, show: bool = False) -> dict:
     "Parity, total energies, extrapolation grades, MD check and speed of the delivered ACE potential; saved under `reports/`."
@@ -233,11 +229,12 @@ def write_report(cfg: PipelineConfig, speed: bool = True, md: bool | None = None
     manifest = open_delivered(d)
     metrics, figs = {"mode": manifest.get("mode", "pacemaker"), "skipped": {}}, {}
     tables = _parity_section(d, manifest, metrics, figs)
-    _extrapolation_section(d, tables, metrics, figs)
+    frames = {split: table_frames(df) for split, df in tables.items()}
+    _extrapolation_section(d, tables, frames, metrics, figs)
     if speed or md is not False:
         surrogate = MaceSurrogate.from_config(cfg.labeling)
-        _md_section(cfg, d, tables, surrogate, metrics, figs, md)
-        _speed_section(d, tables, surrogate, metrics, speed)
+        _md_section(cfg, d, tables, frames, surrogate, metrics, figs, md)
+        _speed_section(d, frames, surrogate, metrics, speed)
     else: metrics["skipped"].update(md="switched off (--no-md)", speed="switched off (--no-speed)")
     out = reports_dir(cfg); out.mkdir(parents=True, exist_ok=True)
     files = {"potential": str(d.yace)}
