@@ -30,8 +30,8 @@ def demo_config(work_dir: str | Path, mock: bool = False) -> PipelineConfig:
 
 # %% ../nbs/08_demo.ipynb #a472535a
 def run_demo(work_dir: str | Path = "runs/demo", overwrite: bool = False, progress: bool = True, speed: bool = True,
-             mock: bool = False) -> dict:
-    "Bundled step-4 example → step 5 → step 6 → report in `work_dir`, redoing only what changed (everything with `overwrite`)."
+             mock: bool = False, validation: bool = True) -> dict:
+    "Bundled step-4 example → step 5 → step 6 → report → validation in `work_dir`, redoing only what changed (everything with `overwrite`)."
     t0 = time.perf_counter()
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ def run_demo(work_dir: str | Path = "runs/demo", overwrite: bool = False, progre
     config_file = dump_config(cfg, work_dir / "pipeline.yaml")
     step4 = cfg.path(cfg.step4_file)
     if not step4.exists() or file_sha256(step4) != file_sha256(demo_step4_path()): shutil.copyfile(demo_step4_path(), step4)
-    result = run_pipeline(cfg, overwrite=overwrite, progress=progress, speed=speed)
+    result = run_pipeline(cfg, overwrite=overwrite, progress=progress, speed=speed, validation=validation)
     result["timings"]["total_s"] = time.perf_counter() - t0
     return {**result, "config": config_file}
 

@@ -19,6 +19,7 @@ from .domain_models.config import LabelingConfig, PipelineConfig, PyacemakerErro
 from .oracle.chunked_run import LabelingSummary, RunFiles, input_fingerprint, label_file
 from .oracle.mace_wrapper import MaceSurrogate
 from .report.parity import format_summary, reports_dir, write_report
+from .report.validate import format_validation, validate, validation_files
 from .trainer.ace_trainer import (Deliverables, FitResult, ITrainer, PacemakerWrapper, recover_delivery,
                                             split_train_test)
 from .trainer.linear_fit import LinearAceTrainer
@@ -100,7 +101,11 @@ def check_config(cfg: PipelineConfig) -> str:
              + f", {tr.optimizer} maxiter {tr.maxiter}, weighting {tr.weighting.type}, test fraction {tr.test_size}",
              f"        E0 per element: {e0}",
              f"        -> {cfg.path(cfg.ace_model_file)}",
-             f"report: -> {reports_dir(cfg)}" + (f" (MD check at {cfg.md.temperatures_K} K)" if cfg.md.enabled else "")]
+             f"report: -> {reports_dir(cfg)}" + (f" (MD check at {cfg.md.temperatures_K} K)" if cfg.md.enabled else ""),
+             "validation: " + (f"teacher vs student on {'the reference phases of ' + str(tr.elements) if cfg.validation.references else ''}"
+                               f"{' and ' if cfg.validation.references and cfg.validation.structures else ''}"
+                               f"{cfg.validation.structures or ''} -> {reports_dir(cfg) / 'validation.json'}"
+                               if cfg.validation.enabled else "off (validation.enabled: false; pyacemaker validate runs it)")]
     return "\n".join(lines)
 
 # %% ../nbs/05_orchestrator.ipynb #538e3b51
@@ -186,11 +191,19 @@ def _report_current(cfg: PipelineConfig, d: Deliverables) -> bool:
     recorded = read_json(reports_dir(cfg) / "metrics.json").get("delivery", {}).get("manifest_sha256")
     return recorded is not None and d.manifest.exists() and recorded == file_sha256(d.manifest)
 
+def _validation_current(cfg: PipelineConfig, d: Deliverables) -> bool:
+    "True if reports/validation.json was written for the delivered set with the current validation settings."
+    saved = read_json(validation_files(cfg, d)["json"])
+    recorded = saved.get("delivery", {}).get("manifest_sha256")
+    return (recorded is not None and d.manifest.exists() and recorded == file_sha256(d.manifest)
+            and saved.get("settings") == cfg.validation.model_dump(mode="json"))
+
 def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
                  executable: str = "pacemaker", scheduler: str | None = None, workers: int | None = None,
-                 report: bool = True, speed: bool = True) -> dict:
-    "Step 5, step 6 and the report, each redone only if its inputs changed (all of them with `overwrite`)."
-    out, t = {"labels": None, "fit": None, "report": None, "reused": [], "timings": {}}, time.perf_counter()
+                 report: bool = True, speed: bool = True, validation: bool = True) -> dict:
+    "Step 5, step 6, the report and the validation, each redone only if its inputs changed (all of them with `overwrite`)."
+    out = {"labels": None, "fit": None, "report": None, "validation": None, "reused": [], "timings": {}}
+    t = time.perf_counter()
     done5, why5 = step5_status(cfg)
     if done5 and not overwrite: out["reused"].append(f"step 5 ({why5})")
     else:
@@ -207,14 +220,19 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = Fa
     if report:
         if _report_current(cfg, d) and not overwrite: out["reused"].append("report (up to date)")
         else: out["report"] = write_report(cfg, speed=speed)
-        out["timings"]["report_s"] = time.perf_counter() - t
+        out["timings"]["report_s"], t = time.perf_counter() - t, time.perf_counter()
+    if report and validation and cfg.validation.enabled:
+        if _validation_current(cfg, d) and not overwrite: out["reused"].append("validation (up to date)")
+        else: out["validation"] = validate(cfg, progress=progress)
+        out["timings"]["validate_s"] = time.perf_counter() - t
     return out
 
 def format_pipeline(result: dict) -> str:
-    "What `pyacemaker run` prints: what was done, what was reused, the report summary."
+    "What `pyacemaker run` prints: what was done, what was reused, the report summary, the validation verdict."
     lines = [str(result["labels"])] if result["labels"] else []
     if result["fit"]: lines.append(str(result["fit"]))
     if result["reused"]: lines.append("reused: " + "; ".join(result["reused"]) + " (--overwrite redoes everything)")
     lines.append("wall time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in result["timings"].items()))
     if result["report"]: lines.append(format_summary(result["report"]))
+    if result.get("validation"): lines.append(format_validation(result["validation"], rows=False))
     return "\n".join(lines)

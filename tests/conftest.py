@@ -69,6 +69,7 @@ def pipeline_config(work, frames, mock=False, **training):
     cfg = PipelineConfig(work_dir=work / "run", labeling=LabelingConfig(model=demo_model_path(), dtype="float32", chunk_size=25),
                          training=AceTrainingConfig(**{**TINY_FIT, "mock": mock, **training}))
     cfg.md.enabled = False
+    cfg.validation.enabled = False       # tests/unit/test_validate.py validates; elsewhere it would add a minute per run
     return load_config(dump_config(cfg, work / "pipeline.yaml"))
 
 

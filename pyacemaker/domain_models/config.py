@@ -15,9 +15,9 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Val
                       model_validator)
 
 # %% auto #0
-__all__ = ['Count', 'Real', 'Flag', 'Weighting', 'LadderStep', 'ELEMENT_SYMBOLS', 'PyacemakerError', 'ConfigError',
+__all__ = ['Count', 'Real', 'Flag', 'Weighting', 'LadderStep', 'ELEMENT_SYMBOLS', 'PROPERTIES', 'PyacemakerError', 'ConfigError',
            'UniformWeighting', 'EnergyBasedWeighting', 'AceTrainingConfig', 'LabelingConfig', 'MDCheckConfig',
-           'PipelineConfig', 'load_config', 'dump_config']
+           'Tolerance', 'ValidationConfig', 'PipelineConfig', 'load_config', 'dump_config']
 
 # %% ../../nbs/00_config.ipynb #ebc8b0a2
 class PyacemakerError(Exception):
@@ -177,9 +177,66 @@ class MDCheckConfig(BaseModel):
         if any(t <= 0 for t in v): raise ValueError(f"temperatures must be positive (K), got {v}")
         return v
 
+# %% ../../nbs/00_config.ipynb #bd0be1b4
+#: property → (unit, default relative tolerance, default absolute floor); the rows of `pyacemaker validate`
+PROPERTIES = {
+    "lattice_constant_A": ("Å", 0.005, 0.0), "volume_per_atom_A3": ("Å^3", 0.015, 0.0),
+    "bulk_modulus_GPa": ("GPa", 0.10, 2.0), "bulk_modulus_derivative": ("1", 0.20, 0.5),
+    "C11_GPa": ("GPa", 0.10, 5.0), "C12_GPa": ("GPa", 0.10, 5.0), "C44_GPa": ("GPa", 0.10, 5.0),
+    "phonon_max_abs_frequency_difference_THz": ("THz", 0.05, 0.3), "phonon_min_frequency_THz": ("THz", 0.0, 0.1),
+    "vacancy_formation_energy_eV": ("eV", 0.10, 0.05), "surface_energy_J_per_m2": ("J/m^2", 0.10, 0.02),
+    "mixing_energy_meV_per_atom": ("meV/atom", 0.10, 5.0), "energy_above_references_meV_per_atom": ("meV/atom", 0.10, 5.0),
+    "relaxed_rmsd_A": ("Å", 0.0, 0.05), "rdf_max_abs_difference": ("1", 0.0, 0.3)}
+
+class Tolerance(BaseModel):
+    "How far the student may be from the teacher: the larger of `absolute` (the property's unit) and `relative` × |teacher|."
+    model_config = ConfigDict(extra="forbid")
+    relative: Real = Field(0.0, ge=0)
+    absolute: Real = Field(0.0, ge=0)
+
+    def of(self, teacher: float) -> float:
+        "The tolerance in the property's unit for a teacher value."
+        return max(self.absolute, self.relative * abs(teacher))
+
+class ValidationConfig(BaseModel):
+    "Teacher-vs-student property validation: structures, protocol (relaxation, MD, supercells) and tolerances."
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: Flag = Field(True, description="validate after the report in `run` and `demo`")
+    references: Flag = Field(True, description="validate each element's reference phase and an ordered alloy of the first two")
+    structures: Path | None = Field(None, description="extra structures (extxyz) to validate: bulk cells, slabs, clusters")
+    facets: list[list[Count]] = Field([[1, 0, 0], [1, 1, 0], [1, 1, 1]], description="surfaces (Miller indices) of each reference phase")
+    temperatures_K: list[Real] = Field([1000.0], description="Langevin MD temperatures for the RDF (K); [] = no RDF")
+    md_steps: Count = Field(100, ge=10, description="MD steps per model and temperature (the second half is sampled)")
+    timestep_fs: Real = Field(2.0, gt=0, le=10)
+    fmax: Real = Field(1e-3, gt=0, description="force (eV/Å) and stress convergence of bulk relaxations")
+    defect_fmax: Real = Field(0.01, gt=0, description="force convergence (eV/Å) of vacancy and surface relaxations")
+    max_steps: Count = Field(300, ge=1, description="optimizer steps per relaxation")
+    supercell_min_A: Real | None = Field(None, gt=0, description="smallest supercell height (Å) for phonons, vacancy, MD; None = 2 × cutoff")
+    teacher_dtype: Literal["float32", "float64"] = Field("float64", description="precision of the teacher in validation")
+    tolerances: dict[str, Tolerance] = Field({}, description="per-property tolerances replacing the defaults")
+
+    @field_validator("tolerances")
+    @classmethod
+    def _known_properties(cls, v: dict) -> dict:
+        bad = sorted(set(v) - set(PROPERTIES))
+        if bad: raise ValueError(f"unknown propert{'y' if len(bad) == 1 else 'ies'} {bad} (known: {sorted(PROPERTIES)})")
+        return v
+
+    @field_validator("facets")
+    @classmethod
+    def _miller(cls, v: list) -> list:
+        if any(len(f) != 3 or not any(f) for f in v): raise ValueError(f"facets are Miller indices [h, k, l], not all zero; got {v}")
+        return v
+
+    def tolerance(self, prop: str) -> Tolerance:
+        "The tolerance of a property: the configured one, or the default."
+        _, rel, ab = PROPERTIES[prop]
+        return self.tolerances.get(prop, Tolerance(relative=rel, absolute=ab))
+
 # %% ../../nbs/00_config.ipynb #fbedba48
 class PipelineConfig(BaseModel):
-    "Steps 5 and 6 in one work folder: file names, labeling, training and MD-check settings."
+    "Steps 5 and 6 in one work folder: file names, labeling, training, MD-check and validation settings."
     model_config = ConfigDict(extra="forbid")
 
     work_dir: Path = Path("work")
@@ -189,6 +246,7 @@ class PipelineConfig(BaseModel):
     labeling: LabelingConfig
     training: AceTrainingConfig
     md: MDCheckConfig = Field(default_factory=MDCheckConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     def path(self, name: str) -> Path:
         "Absolute path of a step file (e.g. `cfg.path(cfg.step5_file)`) inside the work folder."
@@ -212,6 +270,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     base = path.resolve().parent
     cfg.work_dir = (base / cfg.work_dir).resolve()
     cfg.labeling.model = (base / cfg.labeling.model).resolve()
+    if cfg.validation.structures is not None: cfg.validation.structures = (base / cfg.validation.structures).resolve()
     return cfg
 
 def dump_config(cfg: PipelineConfig, path: str | Path) -> Path:
