@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +19,9 @@ from .utils.io import os_problem
 
 # %% auto #0
 __all__ = ['labeling_from_args', 'build_parser', 'Interrupted', 'signals_as_interrupts', 'main']
+
+# %% ../nbs/06_cli.ipynb #03653438
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # %% ../nbs/06_cli.ipynb #8870e5d8
 def _option(field: str) -> str:
