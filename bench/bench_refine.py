@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_refine.py seeds --out /tmp/refine_demo/seeds.xyz
     .venv/bin/pyacemaker refine /tmp/refine_demo/pipeline.yaml --seeds /tmp/refine_demo/seeds.xyz
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_refine.py compare /tmp/refine_demo/pipeline.yaml \
-        [--seeds /tmp/refine_demo/seeds.xyz] [--steps 400] [--json out.json]
+        [--seeds /tmp/refine_demo/seeds.xyz] [--steps 400] [--json out.json] [--refined OTHER/ace_refined.yace]
 
 `seeds` writes the loop's seeds: a Cu–Ag(111) slab (36 atoms), a 44-atom octahedral cluster and a 107-atom bulk cell
 with a vacancy. `compare` runs fresh Langevin MD at 600 and 1200 K with `models/ace_base` and with `models/ace_refined`
@@ -31,6 +31,7 @@ from pyacemaker.demo_data import vegard_a
 from pyacemaker.domain_models.config import load_config
 from pyacemaker.oracle.mace_wrapper import MaceSurrogate
 from pyacemaker.refine import base_set, potential_errors, refine_dir, refined_set, walk, _evenly
+from pyacemaker.trainer.ace_trainer import Deliverables
 from pyacemaker.report.md import md_calculator, min_distance_threshold
 from pyacemaker.utils.io import iter_frames, read_json, write_frames
 
@@ -67,13 +68,13 @@ def kind(atoms) -> str:
     return {0: "cluster", 2: "slab", 3: "vacancy cell"}[int(np.sum(atoms.pbc))]
 
 
-def compare(cfg, seeds, temperatures=(600.0, 1200.0), steps=400, snapshots=10, rng_seed=12345) -> list[dict]:
+def compare(cfg, seeds, temperatures=(600.0, 1200.0), steps=400, snapshots=10, rng_seed=12345, refined=None) -> list[dict]:
     "Fresh MD with the base and the refined potential from every seed at every temperature: max γ, teacher RMSE."
     teacher = MaceSurrogate.from_config(cfg.labeling)
     e0 = teacher.e0
     threshold = min_distance_threshold(list(iter_frames(cfg.path(cfg.step5_file))))
     rows = []
-    for name, d in (("base", base_set(cfg)), ("refined", refined_set(cfg))):
+    for name, d in (("base", base_set(cfg)), ("refined", refined or refined_set(cfg))):
         calc = md_calculator(d.yaml, d.asi)
         for i, seed in enumerate(seeds):
             for T in temperatures:
@@ -125,13 +126,14 @@ def main():
     s = sub.add_parser("seeds"); s.add_argument("--out", type=Path, required=True); s.add_argument("--unseen", action="store_true")
     c = sub.add_parser("compare"); c.add_argument("config", type=Path); c.add_argument("--seeds", type=Path)
     c.add_argument("--steps", type=int, default=400); c.add_argument("--json", type=Path)
+    c.add_argument("--refined", type=Path, help="another refined set's .yace (default: models/ace_refined.yace)")
     args = p.parse_args()
     if args.cmd == "seeds":
         print(write_frames(unseen_seeds() if args.unseen else loop_seeds(), args.out, overwrite=True)); return
     cfg = load_config(args.config)
     seeds = list(iter_frames(args.seeds)) if args.seeds else unseen_seeds()
     t0 = time.perf_counter()
-    rows = compare(cfg, seeds, steps=args.steps)
+    rows = compare(cfg, seeds, steps=args.steps, refined=Deliverables.of(args.refined) if args.refined else None)
     print(table(rows)); print(phase_times(cfg)); print(f"compare: {time.perf_counter() - t0:.0f} s")
     if args.json: args.json.write_text(json.dumps(rows, indent=1))
 

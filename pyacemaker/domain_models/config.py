@@ -197,7 +197,7 @@ class RefineConfig(BaseModel):
     iterations: Count = Field(3, ge=0, description="at most this many upfits")
     npt: Flag = Field(False, description="fully periodic seeds: Berendsen NPT at 0 GPa instead of Langevin NVT, so the volume moves")
     refit: Literal["upfit", "fresh"] = Field("upfit", description="'upfit': continue from the previous potential; 'fresh': fit anew")
-    upfit_maxiter: Count | None = Field(80, ge=1, description="optimizer iterations of an upfit; None = training.maxiter")
+    upfit_maxiter: Count | None = Field(150, ge=1, description="optimizer iterations of an upfit; None = training.maxiter")
     seed: Count = Field(0, description="random seed of the walkers (velocities, Langevin noise)")
 
     @field_validator("temperatures_K")

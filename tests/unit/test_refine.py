@@ -137,3 +137,26 @@ def test_cli_and_other_settings(refined, tmp_path, capsys):
         refine(other, seeds=seeds, progress=False)
     assert main(["refine", str(config), "--seeds", str(seeds), "--iterations", "-1"]) == 2
     assert "--iterations must be 0 or more" in capsys.readouterr().err
+
+
+def test_sigkill_then_the_same_command_continues(refined, make_pipeline_config, tmp_path, pyacemaker_exe):
+    """A real `pyacemaker refine` process killed with SIGKILL after exploring; the same command finishes the loop."""
+    import os, shutil, signal, subprocess, time
+    from pyacemaker.domain_models.config import dump_config
+    cfg0, seeds, _, reference = refined
+    cfg = _config(make_pipeline_config, tmp_path)
+    shutil.copytree(cfg0.work_dir / "models", cfg.work_dir / "models", ignore=shutil.ignore_patterns("ace_refined*"))
+    shutil.copy(cfg0.path(cfg0.step5_file), cfg.path(cfg.step5_file))
+    config = dump_config(cfg, tmp_path / "pipeline.yaml")
+    cmd = [pyacemaker_exe, "refine", str(config), "--seeds", str(seeds), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state, deadline = {}, time.monotonic() + 120
+    while state.get("phase") not in ("select", "label", "fit", "done") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05); state = read_json(refine_dir(cfg) / "state.json")
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert state.get("phase") in ("select", "label", "fit"), state
+    assert (iteration_dir(cfg, 0) / "explore" / "explore.json").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert _history(refine(cfg, seeds=seeds, progress=False)) == _history(reference)
