@@ -17,7 +17,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Val
 # %% auto #0
 __all__ = ['Count', 'Real', 'Flag', 'Weighting', 'LadderStep', 'ELEMENT_SYMBOLS', 'PROPERTIES', 'PyacemakerError', 'ConfigError',
            'UniformWeighting', 'EnergyBasedWeighting', 'AceTrainingConfig', 'LabelingConfig', 'MDCheckConfig',
-           'Tolerance', 'ValidationConfig', 'PipelineConfig', 'load_config', 'dump_config']
+           'RefineConfig', 'Tolerance', 'ValidationConfig', 'PipelineConfig', 'load_config', 'dump_config']
 
 # %% ../../nbs/00_config.ipynb #ebc8b0a2
 class PyacemakerError(Exception):
@@ -177,6 +177,41 @@ class MDCheckConfig(BaseModel):
         if any(t <= 0 for t in v): raise ValueError(f"temperatures must be positive (K), got {v}")
         return v
 
+# %% ../../nbs/00_config.ipynb #57beff3e
+class RefineConfig(BaseModel):
+    "The distillation loop: seeds, walkers, γ thresholds, how many structures per round, how the student is refitted."
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: Path | None = Field(None, description="extxyz of seed structures; None = the `seed_structures` largest training cells")
+    seed_structures: Count = Field(3, ge=1, description="how many training cells seed the walkers when no seed file is given")
+    temperatures_K: list[Real] = Field([600.0, 1200.0], min_length=1, description="Langevin temperatures of the walkers (K)")
+    walkers: Count = Field(1, ge=1, description="independent walkers per seed and temperature")
+    steps: Count = Field(400, ge=1, description="MD steps per walker and round")
+    timestep_fs: Real = Field(2.0, gt=0, le=10, description="time step (fs)")
+    friction_per_fs: Real = Field(0.01, gt=0, description="Langevin friction (1/fs)")
+    gamma_every: Count = Field(10, ge=1, description="γ (and the stability rules) evaluated every this many steps")
+    gamma_select: Real = Field(2.0, gt=0, description="a frame with max γ above this is a candidate for the teacher")
+    gamma_stop: Real = Field(10.0, gt=0, description="a walker stops when max γ exceeds this")
+    max_new: Count = Field(20, ge=1, description="at most this many structures labeled and added per round")
+    error_snapshots: Count = Field(4, ge=0, description="frames per walker labeled to measure the student's error before learning")
+    iterations: Count = Field(3, ge=0, description="at most this many upfits")
+    npt: Flag = Field(False, description="fully periodic seeds: Berendsen NPT at 0 GPa instead of Langevin NVT, so the volume moves")
+    refit: Literal["upfit", "fresh"] = Field("upfit", description="'upfit': continue from the previous potential; 'fresh': fit anew")
+    upfit_maxiter: Count | None = Field(150, ge=1, description="optimizer iterations of an upfit; None = training.maxiter")
+    seed: Count = Field(0, description="random seed of the walkers (velocities, Langevin noise)")
+
+    @field_validator("temperatures_K")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(t <= 0 for t in v): raise ValueError(f"temperatures must be positive (K), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> "RefineConfig":
+        if self.gamma_stop <= self.gamma_select:
+            raise ValueError(f"gamma_stop ({self.gamma_stop}) must be larger than gamma_select ({self.gamma_select})")
+        return self
+
 # %% ../../nbs/00_config.ipynb #bd0be1b4
 #: property → (unit, default relative tolerance, default absolute floor); the rows of `pyacemaker validate`
 PROPERTIES = {
@@ -236,7 +271,7 @@ class ValidationConfig(BaseModel):
 
 # %% ../../nbs/00_config.ipynb #fbedba48
 class PipelineConfig(BaseModel):
-    "Steps 5 and 6 in one work folder: file names, labeling, training, MD-check and validation settings."
+    "Steps 5 and 6 in one work folder: file names, labeling, training, MD-check, validation and refinement settings."
     model_config = ConfigDict(extra="forbid")
 
     work_dir: Path = Path("work")
@@ -247,6 +282,7 @@ class PipelineConfig(BaseModel):
     training: AceTrainingConfig
     md: MDCheckConfig = Field(default_factory=MDCheckConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
 
     def path(self, name: str) -> Path:
         "Absolute path of a step file (e.g. `cfg.path(cfg.step5_file)`) inside the work folder."
@@ -270,6 +306,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     base = path.resolve().parent
     cfg.work_dir = (base / cfg.work_dir).resolve()
     cfg.labeling.model = (base / cfg.labeling.model).resolve()
+    if cfg.refine.seeds is not None: cfg.refine.seeds = (base / cfg.refine.seeds).resolve()
     if cfg.validation.structures is not None: cfg.validation.structures = (base / cfg.validation.structures).resolve()
     return cfg
 

@@ -1,0 +1,162 @@
+"""`pyacemaker refine`: a real loop (mock trainer, real MD, real teacher, real D-optimal selection) on a bulk-only student."""
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from pyacemaker.cli import main
+from pyacemaker.demo_data import cluster_cell, demo_step4_path, slab_cell
+from pyacemaker.refine import (RefineError, base_set, explore, iteration_dir, refine, refine_dir, refined_set,
+                               seed_structures)
+from pyacemaker.utils.io import file_sha256, iter_frames, read_json, write_frames
+
+#: short walkers: enough for a bulk-only student to leave its data from a slab and a cluster
+LOOP = dict(temperatures_K=[1000.0], steps=60, gamma_every=5, max_new=6, error_snapshots=2, iterations=1)
+
+
+def _config(make_pipeline_config, work):
+    cfg = make_pipeline_config(work, list(itertools.islice(iter_frames(demo_step4_path()), 40)), mock=True,
+                               max_basis_grade=20)
+    cfg.refine = cfg.refine.model_copy(update=LOOP)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def bulk_student(tmp_path_factory, make_pipeline_config):
+    """A mock (linear) student fitted on 40 bulk cells only, and seeds it never saw: a slab and a cluster."""
+    from pyacemaker.orchestrator import run_pipeline
+    work = tmp_path_factory.mktemp("refine")
+    cfg = _config(make_pipeline_config, work)
+    run_pipeline(cfg, progress=False, report=False)
+    rng = np.random.default_rng(2)
+    seeds = write_frames([slab_cell(rng), cluster_cell(rng, with_cell=False)], work / "seeds.xyz")
+    return cfg, seeds
+
+
+@pytest.fixture(scope="module")
+def refined(bulk_student):
+    """One uninterrupted loop on the bulk student (one upfit), and the base set's digests before it."""
+    cfg, seeds = bulk_student
+    before = {p.name: file_sha256(p) for p in base_set(cfg).models_dir.glob("ace_base*")}
+    return cfg, seeds, before, refine(cfg, seeds=seeds, progress=False)
+
+
+def _history(result):
+    "The loop's records without wall times (equal between an interrupted and an uninterrupted run)."
+    return [{k: v for k, v in h.items() if k not in ("wall_s", "potential")} for h in result["history"]]
+
+
+def test_loop_finds_selects_labels_and_teaches(refined):
+    cfg, seeds, before, result = refined
+    first, last = result["history"][0], result["history"][-1]
+    assert first["candidates"] > first["selected"] > 0                   # fewer selected than found
+    labeled = list(iter_frames(iteration_dir(cfg, 0) / "labeled.xyz"))
+    assert len(labeled) == first["selected"]
+    assert {tuple(a.pbc) for a in labeled} <= {(True, True, False), (False, False, False)}   # the seeds' own cells
+    assert all(a.calc is not None and np.isfinite(a.get_forces()).all() for a in labeled)
+    assert last["max_gamma"] < first["max_gamma"]
+    assert last["teacher_errors"]["forces_rmse_meV_per_A"] < first["teacher_errors"]["forces_rmse_meV_per_A"]
+    d = refined_set(cfg)
+    assert d.yace.exists() and d.yaml.exists() and d.asi.exists() and d.manifest.exists()
+    assert {p.name: file_sha256(p) for p in base_set(cfg).models_dir.glob("ace_base*")} == before   # base untouched
+    hist = read_json(refine_dir(cfg) / "history.json")
+    assert [h["iteration"] for h in hist["iterations"]] == [0, 1]
+    for key in ("candidates", "selected", "max_gamma_by_walker", "walkers_stable", "teacher_errors", "test_errors"):
+        assert key in hist["iterations"][0]
+    assert (cfg.work_dir / "reports" / "refine.png").stat().st_size > 10_000
+
+
+def test_fresh_exploration_of_the_refined_student_stays_closer(refined, tmp_path):
+    """The same seeds, other random numbers: the refined student's max γ is lower than the base student's."""
+    cfg, seeds, _, _ = refined
+    s = seed_structures(cfg, seeds)
+    b, r = base_set(cfg), refined_set(cfg)
+    old = explore(cfg, (b.yaml, b.asi), s, tmp_path / "base", seed=99)
+    new = explore(cfg, (r.yaml, r.asi), s, tmp_path / "refined", seed=99)
+    assert new["max_gamma"] < old["max_gamma"]
+    assert new["n_candidates"] < old["n_candidates"]
+
+
+@pytest.mark.parametrize("stop_at", ["walker s0_1000K_w0", "select", "label", "fit"])
+def test_resume_after_an_interrupted_phase(refined, make_pipeline_config, tmp_path, stop_at):
+    """Interrupted at the start of a phase (or after the first walker), a rerun continues there and ends as an uninterrupted run."""
+    cfg0, seeds, _, reference = refined
+    cfg = _config(make_pipeline_config, tmp_path)
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    import shutil
+    shutil.copytree(cfg0.work_dir / "models", cfg.work_dir / "models", ignore=shutil.ignore_patterns("ace_refined*"))
+    shutil.copy(cfg0.path(cfg0.step5_file), cfg.path(cfg.step5_file))
+
+    def hook(k, phase):
+        if k == 0 and phase == stop_at: raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt): refine(cfg, seeds=seeds, progress=False, on_phase=hook)
+    state = read_json(refine_dir(cfg) / "state.json")
+    assert state["iteration"] == 0 and state["phase"] == ("explore" if stop_at.startswith("walker") else stop_at)
+    walkers = sorted((iteration_dir(cfg, 0) / "explore").glob("walker_*.json"))
+    kept = {p: p.stat().st_mtime_ns for p in walkers}
+    result = refine(cfg, seeds=seeds, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in walkers} == kept          # finished walkers are not rerun
+    assert _history(result) == _history(reference)
+    assert read_json(refine_dir(cfg) / "state.json")["phase"] == "done"
+
+
+def test_bad_input_is_one_line_before_any_md(bulk_student, tmp_path, capsys):
+    cfg, seeds = bulk_student
+    rng = np.random.default_rng(3)
+    gold = slab_cell(rng); gold.symbols[3] = "Au"
+    close = cluster_cell(rng, with_cell=False); close.positions[1] = close.positions[0] + [0.2, 0, 0]
+    write_frames([slab_cell(rng), gold], tmp_path / "gold.xyz")
+    write_frames([close], tmp_path / "close.xyz")
+    cfg = cfg.model_copy(update={"work_dir": tmp_path / "run"})
+    (tmp_path / "run").mkdir()
+    for bad, message in [(tmp_path / "gold.xyz", "gold.xyz frame 1: seed element Au is not in training.elements"),
+                         (tmp_path / "close.xyz", "close.xyz frame 0: seed atoms 0 and 1 are 0.2 Å apart"),
+                         (tmp_path / "none.xyz", "none.xyz: seed file not found")]:
+        with pytest.raises(RefineError, match=message): seed_structures(cfg, bad)
+    with pytest.raises(RefineError, match="no delivered base potential to refine"): refine(cfg, seeds=seeds, progress=False)
+    assert not refine_dir(cfg).exists()
+    config = tmp_path / "pipeline.yaml"
+    from pyacemaker.domain_models.config import dump_config
+    dump_config(bulk_student[0], config)
+    assert main(["refine", str(config), "--seeds", str(tmp_path / "gold.xyz"), "--mock"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "seed element Au is not in training.elements" in err
+
+
+def test_cli_and_other_settings(refined, tmp_path, capsys):
+    """The CLI reruns a finished loop from its records; a folder of other settings is refused, --overwrite starts over."""
+    cfg, seeds, _, result = refined
+    from pyacemaker.domain_models.config import dump_config, load_config
+    config = dump_config(cfg, tmp_path / "pipeline.yaml")
+    assert main(["refine", str(config), "--seeds", str(seeds), "--mock", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| round |" in out and "delivered" in out
+    other = load_config(config); other.refine.gamma_select = 3.0
+    with pytest.raises(RefineError, match="holds a refinement of other refine; --overwrite starts over"):
+        refine(other, seeds=seeds, progress=False)
+    assert main(["refine", str(config), "--seeds", str(seeds), "--iterations", "-1"]) == 2
+    assert "--iterations must be 0 or more" in capsys.readouterr().err
+
+
+def test_sigkill_then_the_same_command_continues(refined, make_pipeline_config, tmp_path, pyacemaker_exe):
+    """A real `pyacemaker refine` process killed with SIGKILL after exploring; the same command finishes the loop."""
+    import os, shutil, signal, subprocess, time
+    from pyacemaker.domain_models.config import dump_config
+    cfg0, seeds, _, reference = refined
+    cfg = _config(make_pipeline_config, tmp_path)
+    shutil.copytree(cfg0.work_dir / "models", cfg.work_dir / "models", ignore=shutil.ignore_patterns("ace_refined*"))
+    shutil.copy(cfg0.path(cfg0.step5_file), cfg.path(cfg.step5_file))
+    config = dump_config(cfg, tmp_path / "pipeline.yaml")
+    cmd = [pyacemaker_exe, "refine", str(config), "--seeds", str(seeds), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state, deadline = {}, time.monotonic() + 120
+    while state.get("phase") not in ("select", "label", "fit", "done") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05); state = read_json(refine_dir(cfg) / "state.json")
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert state.get("phase") in ("select", "label", "fit"), state
+    assert (iteration_dir(cfg, 0) / "explore" / "explore.json").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert _history(refine(cfg, seeds=seeds, progress=False)) == _history(reference)
