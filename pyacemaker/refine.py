@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import shutil
 import time
 import warnings
@@ -32,7 +31,7 @@ from .oracle.chunked_run import RunFiles
 from .orchestrator import fit_tables, label, trainer_for
 from .report.md import TRACE_KEYS, md_calculator, md_stable, md_structures, min_distance, min_distance_threshold
 from .report.parity import reports_dir
-from .trainer.ace_trainer import Deliverables, DeliveryError, PacemakerWrapper, import_pyace, open_delivered
+from .trainer.ace_trainer import Deliverables, DeliveryError, PacemakerWrapper, import_pyace, open_delivered, root_logger_kept
 from .utils.io import (atomic_output, file_sha256, frame_labels, frame_problem, iter_frames,
                        periodic_equivalent, read_json, run_lock, table_row, where, write_frames, write_training_table)
 
@@ -202,12 +201,7 @@ def explore(cfg: PipelineConfig, potential: tuple[Path, Path], seeds: Sequence[t
 # %% ../nbs/05a_refine.ipynb #507d1a51
 def _pyace_selection():
     "pyace's selection modules, imported without the root-logger setup they do on import."
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    from pyace import activelearning, aceselect
-    root.setLevel(level)
-    for h in list(root.handlers):
-        if h not in handlers: root.removeHandler(h)
+    with root_logger_kept(): from pyace import activelearning, aceselect
     return activelearning, aceselect
 
 def select_d_optimal(candidates: Sequence[Atoms], potential_yaml: str | Path, active_set: str | Path, max_new: int,

@@ -35,9 +35,9 @@ from ..utils.io import atomic_output, cell_kind, check_structure, file_sha256, i
 __all__ = ['EV_PER_A2_IN_J_PER_M2', 'ROW_KEYS', 'Reference', 'reference_phase', 'ordered_alloy', 'reference_structures',
            'user_structures', 'NotConverged', 'relax', 'energy', 'equation_of_state', 'elastic_tensor',
            'supercell_repeats', 'phonons', 'vacancy_formation_energy', 'slab_of', 'surface_energy', 'md_rdf',
-           'Protocol', 'model_properties', 'row', 'failed_row', 'compare', 'teacher_calculator', 'student_deliverables',
-           'student_calculator', 'validation_structures', 'summarize', 'plot_rows', 'plot_eos', 'plot_phonons',
-           'plot_rdf', 'validate_models', 'validation_files', 'validate', 'format_validation']
+           'Protocol', 'model_properties', 'row', 'failed_row', 'compare', 'validation_teacher', 'teacher_calculator',
+           'student_deliverables', 'student_calculator', 'validation_structures', 'summarize', 'plot_rows', 'plot_eos',
+           'plot_phonons', 'plot_rdf', 'validate_models', 'validation_files', 'validate', 'format_validation']
 
 # %% ../../nbs/04c_validate.ipynb #f0c12c72
 @dataclass
@@ -430,14 +430,15 @@ def compare(teacher: dict, student: dict, structures: Sequence[Reference], setti
     return rows
 
 # %% ../../nbs/04c_validate.ipynb #11609953
-def teacher_calculator(cfg: PipelineConfig):
-    "The MACE teacher of a config as an ASE calculator (model file and head of `labeling`, `validation.teacher_dtype`)."
-    from mace.calculators import MACECalculator
-    from pyacemaker.oracle.mace_wrapper import MaceSurrogate, quiet_mace
-    head = MaceSurrogate.from_config(cfg.labeling.model_copy(update={"dtype": cfg.validation.teacher_dtype})).head
-    with quiet_mace():
-        return MACECalculator(model_paths=str(cfg.labeling.model), device=cfg.labeling.device,
-                              default_dtype=cfg.validation.teacher_dtype, head=head)
+def validation_teacher(cfg: PipelineConfig):
+    "The MACE teacher of a config (model file, head and device of `labeling`) in `validation.teacher_dtype`."
+    from pyacemaker.oracle.mace_wrapper import MaceSurrogate
+    return MaceSurrogate.from_config(cfg.labeling.model_copy(update={"dtype": cfg.validation.teacher_dtype}))
+
+def teacher_calculator(cfg: PipelineConfig, surrogate=None):
+    "The teacher as an ASE calculator (the speed table's `mace_calculator`: mace's `MACECalculator`, same file and head)."
+    from pyacemaker.report.speed import mace_calculator
+    return mace_calculator(surrogate or validation_teacher(cfg))
 
 def student_deliverables(cfg: PipelineConfig, potential: str | None = None) -> Deliverables:
     "The delivered set to validate: `potential` by name in models/ (default: the config's `ace_model_file`)."
@@ -597,9 +598,8 @@ def validate(cfg: PipelineConfig, potential: str | None = None, progress: bool =
     t0 = time.perf_counter()
     d = student_deliverables(cfg, potential)
     manifest = open_delivered(d)
-    student_calc, teacher_calc = student_calculator(d), teacher_calculator(cfg)
-    from pyacemaker.oracle.mace_wrapper import MaceSurrogate
-    surrogate = MaceSurrogate.from_config(cfg.labeling)
+    surrogate = validation_teacher(cfg)
+    student_calc, teacher_calc = ace_calculator(d.yace), teacher_calculator(cfg, surrogate)   # the set was checked just above
     structures = validation_structures(cfg, surrogate.elements)
     proto = Protocol(float(cfg.training.cutoff), cfg.validation)
     result = validate_models(teacher_calc, student_calc, structures, proto, progress)

@@ -38,8 +38,8 @@ from ..utils.progress import progress as progress_bar
 # %% auto #0
 __all__ = ['FS_EXPONENTS', 'RUN_FILES', 'ITERATION', 'DISPLAY_ITERATION', 'STAMP', 'fs_parameters', 'weighting_section',
            'pacemaker_input', 'split_train_test', 'PacemakerNotFound', 'PacemakerError', 'install_hint', 'find_tool',
-           'check_pacemaker', 'Deliverables', 'import_pyace', 'yace_elements', 'set_yace_e0', 'yaml_to_yace',
-           'record_reference_energies', 'lammps_inputs', 'DeliveryError', 'stage_delivery', 'swap_in',
+           'check_pacemaker', 'Deliverables', 'root_logger_kept', 'import_pyace', 'yace_elements', 'set_yace_e0',
+           'yaml_to_yace', 'record_reference_energies', 'lammps_inputs', 'DeliveryError', 'stage_delivery', 'swap_in',
            'recover_delivery', 'open_delivered', 'start_child', 'stop_child', 'FitResult', 'ITrainer',
            'PacemakerWrapper']
 
@@ -167,14 +167,20 @@ RUN_FILES = {"output_potential.yace": ".yace", "output_potential.yaml": ".yaml",
              "lammps.in": ".lammps", "lammps_extrapolation.in": "_extrapolation.lammps"}
 
 # %% ../../nbs/03_trainer.ipynb #28d8b76a
-def import_pyace():
-    "Import pyace, undoing the root-logger setup it does on import."
+@contextlib.contextmanager
+def root_logger_kept():
+    "Within the block, imports may set up the root logger (pyace's modules do); afterwards its level and handlers are as before."
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
-    import pyace
-    root.setLevel(level)
-    for h in list(root.handlers):
-        if h not in handlers: root.removeHandler(h)
+    try: yield
+    finally:
+        root.setLevel(level)
+        for h in list(root.handlers):
+            if h not in handlers: root.removeHandler(h)
+
+def import_pyace():
+    "Import pyace, undoing the root-logger setup it does on import."
+    with root_logger_kept(): import pyace
     return pyace
 
 def yace_elements(yace: str | Path) -> list[str]:
