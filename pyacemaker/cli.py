@@ -70,9 +70,10 @@ def _run(args) -> None:
                                        validation=not args.no_validation)))
 
 def _report(args) -> None:
-    "Parity report of the delivered ACE potential of a pipeline config."
+    "Parity report of a delivered ACE potential of a pipeline config (default: its own; `--potential ace_refined`)."
     from pyacemaker.report.parity import format_summary, write_report
-    print(format_summary(write_report(_config(args), speed=not args.no_speed, md=False if args.no_md else None)))
+    print(format_summary(write_report(_config(args), speed=not args.no_speed, md=False if args.no_md else None,
+                                      potential=args.potential)))
 
 def _validate(args) -> int:
     "Teacher-vs-student physics of a delivered ACE potential; with --strict, exit status 1 when a row fails."
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = _add_config_command(sub, "report", "parity, extrapolation, MD check and speed of the fitted ACE potential", _report)
     rep.add_argument("--no-speed", action="store_true", help="skip the speed table")
     rep.add_argument("--no-md", action="store_true", help="skip the MD check")
+    rep.add_argument("--potential", default=None, help="delivered set to report, by name, e.g. ace_refined (default: the config's, ace_base)")
     v = _add_config_command(sub, "validate", "teacher vs student: lattice, EOS, elastic constants, phonons, defects, surfaces, "
                             "alloy energetics, RDF", _validate)
     v.add_argument("--potential", default=None, help="delivered set to validate, by name (default: the config's, ace_base)")

@@ -25,7 +25,8 @@ from ..utils.io import atomic_output, file_sha256, read_training_table, table_fr
 # %% auto #0
 __all__ = ['TRAIN_STYLE', 'TRAIN_DENSITY', 'TEST_STYLE', 'GAMMA_TRUST', 'GAMMA_EPS', 'METRICS_KEYS', 'ace_calculator',
            'ace_predictions', 'rmse_mae', 'parity_metrics', 'pacemaker_agreement', 'plot_parity', 'extrapolating',
-           'extrapolation_grades', 'plot_extrapolation', 'reports_dir', 'write_report', 'format_summary']
+           'extrapolation_grades', 'plot_extrapolation', 'reports_dir', 'delivered_set', 'report_stem', 'write_report',
+           'format_summary']
 
 # %% ../../nbs/04b_report.ipynb #87f828a2
 def ace_calculator(potential: str | Path, active_set: str | Path | None = None):
@@ -177,6 +178,15 @@ def reports_dir(cfg: PipelineConfig) -> Path:
     "Where the report goes: `work_dir/reports`."
     return cfg.work_dir / "reports"
 
+def delivered_set(cfg: PipelineConfig, potential: str | None = None) -> Deliverables:
+    "A delivered set by name in models/ (e.g. `ace_refined`); default: the config's `ace_model_file`."
+    d = Deliverables.of(cfg.path(cfg.ace_model_file))
+    return d if potential in (None, d.name) else Deliverables(d.models_dir, Path(potential).stem)
+
+def report_stem(cfg: PipelineConfig, d: Deliverables, stem: str) -> str:
+    "A report file's stem: `stem` for the config's own set, `stem_NAME` for another delivered set, so reports never overwrite each other."
+    return stem if d.name == delivered_set(cfg).name else f"{stem}_{d.name}"
+
 def _save_figure(fig, path: Path) -> Path:
     "Save a figure as PNG under a temporary name, then rename."
     with atomic_output(path, overwrite=True) as tmp: fig.savefig(tmp, dpi=120, format="png")
@@ -223,9 +233,10 @@ def _speed_section(d: Deliverables, frames: dict, surrogate: MaceSurrogate, metr
     if not speed: metrics["skipped"]["speed"] = "switched off (--no-speed)"; return
     metrics["speed"] = speed_table(d.yace, surrogate, frames.get("test", frames["train"]), md_atoms=max(frames["train"], key=len))
 
-def write_report(cfg: PipelineConfig, speed: bool = True, md: bool | None = None, show: bool = False) -> dict:
-    "Parity, total energies, extrapolation grades, MD check and speed of the delivered ACE potential; saved under `reports/`."
-    d = Deliverables.of(cfg.path(cfg.ace_model_file))
+def write_report(cfg: PipelineConfig, speed: bool = True, md: bool | None = None, show: bool = False,
+                 potential: str | None = None) -> dict:
+    "Parity, total energies, extrapolation grades, MD check and speed of a delivered ACE potential (default: the config's); saved under `reports/`."
+    d = delivered_set(cfg, potential)
     manifest = open_delivered(d)
     metrics, figs = {"mode": manifest.get("mode", "pacemaker"), "skipped": {}}, {}
     tables = _parity_section(d, manifest, metrics, figs)
@@ -239,11 +250,11 @@ def write_report(cfg: PipelineConfig, speed: bool = True, md: bool | None = None
     out = reports_dir(cfg); out.mkdir(parents=True, exist_ok=True)
     files = {"potential": str(d.yace)}
     for name, fig in figs.items():
-        files[f"{name}_plot"] = str(_save_figure(fig, out / f"{name}.png"))
+        files[f"{name}_plot"] = str(_save_figure(fig, out / f"{report_stem(cfg, d, name)}.png"))
         if not show: plt.close(fig)
-    metrics["delivery"] = {"key": manifest.get("key"), "mode": metrics["mode"], "manifest_sha256": file_sha256(d.manifest)}
+    metrics["delivery"] = {"name": d.name, "key": manifest.get("key"), "mode": metrics["mode"], "manifest_sha256": file_sha256(d.manifest)}
     metrics["files"] = files
-    with atomic_output(out / "metrics.json", overwrite=True) as tmp: tmp.write_text(json.dumps(metrics, indent=1))
+    with atomic_output(out / f"{report_stem(cfg, d, 'metrics')}.json", overwrite=True) as tmp: tmp.write_text(json.dumps(metrics, indent=1))
     return metrics
 
 # %% ../../nbs/04b_report.ipynb #9a592f8f

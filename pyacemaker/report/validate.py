@@ -27,7 +27,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.optimize import BFGS
 
 from ..domain_models.config import PROPERTIES, PipelineConfig, PyacemakerError, ValidationConfig
-from .parity import ace_calculator, reports_dir
+from .parity import ace_calculator, delivered_set, report_stem, reports_dir
 from ..trainer.ace_trainer import Deliverables, open_delivered
 from ..utils.io import atomic_output, cell_kind, check_structure, file_sha256, iter_frames, periodic_equivalent
 
@@ -36,8 +36,8 @@ __all__ = ['EV_PER_A2_IN_J_PER_M2', 'ROW_KEYS', 'Reference', 'reference_phase', 
            'user_structures', 'NotConverged', 'relax', 'energy', 'equation_of_state', 'elastic_tensor',
            'supercell_repeats', 'phonons', 'vacancy_formation_energy', 'slab_of', 'surface_energy', 'md_rdf',
            'Protocol', 'model_properties', 'row', 'failed_row', 'compare', 'validation_teacher', 'teacher_calculator',
-           'student_deliverables', 'student_calculator', 'validation_structures', 'summarize', 'plot_rows', 'plot_eos',
-           'plot_phonons', 'plot_rdf', 'validate_models', 'validation_files', 'validate', 'format_validation']
+           'student_calculator', 'validation_structures', 'summarize', 'plot_rows', 'plot_eos', 'plot_phonons',
+           'plot_rdf', 'validate_models', 'validation_files', 'validate', 'format_validation']
 
 # %% ../../nbs/04c_validate.ipynb #f0c12c72
 @dataclass
@@ -440,11 +440,6 @@ def teacher_calculator(cfg: PipelineConfig, surrogate=None):
     from pyacemaker.report.speed import mace_calculator
     return mace_calculator(surrogate or validation_teacher(cfg))
 
-def student_deliverables(cfg: PipelineConfig, potential: str | None = None) -> Deliverables:
-    "The delivered set to validate: `potential` by name in models/ (default: the config's `ace_model_file`)."
-    d = Deliverables.of(cfg.path(cfg.ace_model_file))
-    return d if potential in (None, d.name) else Deliverables(d.models_dir, Path(potential).stem)
-
 def student_calculator(d: Deliverables):
     "pyace's calculator on a delivered `.yace` (E0 included), after checking the set's manifest."
     open_delivered(d)
@@ -586,8 +581,7 @@ def validate_models(teacher_calc, student_calc, structures: Sequence[Reference],
 
 def validation_files(cfg: PipelineConfig, d: Deliverables) -> dict[str, Path]:
     "Where a validation of the delivered set `d` goes: reports/validation*.{json,png} (with the set's name unless it is the config's own)."
-    own = Deliverables.of(cfg.path(cfg.ace_model_file)).name
-    stem = "validation" if d.name == own else f"validation_{d.name}"
+    stem = report_stem(cfg, d, "validation")
     out = reports_dir(cfg)
     return {"json": out / f"{stem}.json", "curves": out / f"{stem}_curves.json", "rows_png": out / f"{stem}.png",
             "eos_png": out / f"{stem}_eos.png", "phonons_png": out / f"{stem}_phonons.png", "rdf_png": out / f"{stem}_rdf.png"}
@@ -596,7 +590,7 @@ def validation_files(cfg: PipelineConfig, d: Deliverables) -> dict[str, Path]:
 def validate(cfg: PipelineConfig, potential: str | None = None, progress: bool = True, show: bool = False) -> dict:
     "Validate a delivered ACE student against the MACE teacher of `cfg`; write reports/validation.json and its plots."
     t0 = time.perf_counter()
-    d = student_deliverables(cfg, potential)
+    d = delivered_set(cfg, potential)
     manifest = open_delivered(d)
     surrogate = validation_teacher(cfg)
     student_calc, teacher_calc = ace_calculator(d.yace), teacher_calculator(cfg, surrogate)   # the set was checked just above

@@ -13,9 +13,10 @@ from ase.optimize import FIRE
 from pyacemaker.cli import main
 from pyacemaker.domain_models.config import PyacemakerError, Tolerance, ValidationConfig, dump_config, load_config
 from pyacemaker.report.md import perturbed_potential
+from pyacemaker.report.parity import delivered_set
 from pyacemaker.report.validate import (EV_PER_A2_IN_J_PER_M2, NotConverged, Protocol, compare, elastic_tensor, energy,
                                         equation_of_state, md_rdf, model_properties, phonons, reference_structures, relax,
-                                        student_calculator, student_deliverables, summarize, surface_energy,
+                                        student_calculator, summarize, surface_energy,
                                         teacher_calculator, user_structures, validate, validation_structures,
                                         vacancy_formation_energy)
 from pyacemaker.trainer.ace_trainer import import_pyace
@@ -151,7 +152,7 @@ def three_models(quick_cfg, tmp_path_factory):
     cfg = quick_cfg
     refs = validation_structures(cfg, ["Ag", "Cu"])
     proto = Protocol(cfg.training.cutoff, cfg.validation)
-    d = student_deliverables(cfg)
+    d = delivered_set(cfg)
     worse = perturbed_potential(d.yaml, tmp_path_factory.mktemp("worse") / "worse.yaml", noise=0.5, seed=3)
     results = {"teacher": model_properties(teacher_calculator(cfg), refs, proto, progress=False),
                "student": model_properties(student_calculator(d), refs, proto, progress=False),
@@ -200,7 +201,7 @@ def test_user_structures_a_slab_and_an_alloy_cell(quick_cfg, tmp_path):
     cfg = quick_cfg.model_copy(deep=True)
     cfg.validation.structures = write_frames([slab, alloy], tmp_path / "mine.xyz")
     cfg.work_dir = tmp_path / "work"; (tmp_path / "work" / "models").mkdir(parents=True)
-    d = student_deliverables(quick_cfg)
+    d = delivered_set(quick_cfg)
     for p in d.models_dir.iterdir():
         if p.is_file(): (tmp_path / "work" / "models" / p.name).write_bytes(p.read_bytes())
     rows = {(r["structure"], r["property"]): r for r in validate(cfg, progress=False)["properties"]}
