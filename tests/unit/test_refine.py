@@ -89,27 +89,60 @@ def test_fresh_exploration_of_the_refined_student_stays_closer(refined, tmp_path
     assert new["n_candidates"] < old["n_candidates"]
 
 
-@pytest.mark.parametrize("stop_at", ["walker s0_1000K_w0", "select", "label", "fit"])
-def test_resume_after_an_interrupted_phase(refined, make_pipeline_config, tmp_path, stop_at):
-    """Interrupted at the start of a phase (or after the first walker), a rerun continues there and ends as an uninterrupted run."""
-    cfg0, seeds, _, reference = refined
+#: a process that SIGKILLs itself when iteration 0 reaches `stop_at` (no cleanup, no finally: a real kill)
+KILLED_AT = """
+import os, signal, sys
+from pyacemaker.domain_models.config import load_config
+from pyacemaker.refine import refine
+def hook(k, phase):
+    if k == 0 and phase == sys.argv[3]: os.kill(os.getpid(), signal.SIGKILL)
+refine(load_config(sys.argv[1]), seeds=sys.argv[2], progress=False, on_phase=hook)
+"""
+
+def _copy_of_base(cfg0, make_pipeline_config, tmp_path):
+    "A new work folder holding the refined fixture's base potential and step-5 labels, nothing refined."
+    import shutil
     cfg = _config(make_pipeline_config, tmp_path)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    import shutil
     shutil.copytree(cfg0.work_dir / "models", cfg.work_dir / "models", ignore=shutil.ignore_patterns("ace_refined*"))
     shutil.copy(cfg0.path(cfg0.step5_file), cfg.path(cfg.step5_file))
+    return cfg
 
-    def hook(k, phase):
-        if k == 0 and phase == stop_at: raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt): refine(cfg, seeds=seeds, progress=False, on_phase=hook)
+
+@pytest.mark.parametrize("stop_at", ["walker s0_1000K_w0", "teacher errors", "select", "label", "fit"])
+def test_resume_after_sigkill_in_each_phase(refined, make_pipeline_config, tmp_path, stop_at):
+    """SIGKILLed at the start of a phase (or after the first walker), a rerun continues there and ends as an uninterrupted run."""
+    import os, subprocess, sys
+    from pyacemaker.domain_models.config import dump_config
+    cfg0, seeds, _, reference = refined
+    cfg = _copy_of_base(cfg0, make_pipeline_config, tmp_path)
+    config = dump_config(cfg, tmp_path / "pipeline.yaml")
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, str(config), str(seeds), stop_at], capture_output=True,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -9, killed.stderr
     state = read_json(refine_dir(cfg) / "state.json")
     assert state["iteration"] == 0 and state["phase"] == ("explore" if stop_at.startswith("walker") else stop_at)
+    assert not refined_set(cfg).yace.exists()                          # nothing half-delivered
     walkers = sorted((iteration_dir(cfg, 0) / "explore").glob("walker_*.json"))
+    assert walkers
     kept = {p: p.stat().st_mtime_ns for p in walkers}
+    labeled = iteration_dir(cfg, 0) / "labeled.xyz"
+    label_digest = file_sha256(labeled) if labeled.exists() else None
     result = refine(cfg, seeds=seeds, progress=False)
     assert {p: p.stat().st_mtime_ns for p in walkers} == kept          # finished walkers are not rerun
+    if label_digest: assert file_sha256(labeled) == label_digest        # finished labels are not relabeled
     assert _history(result) == _history(reference)
     assert read_json(refine_dir(cfg) / "state.json")["phase"] == "done"
+
+
+def test_an_interrupt_says_what_is_kept(refined, make_pipeline_config, tmp_path):
+    """Ctrl-C inside the loop: the error carries one note naming the folder, iteration and phase, and how to continue."""
+    cfg = _copy_of_base(refined[0], make_pipeline_config, tmp_path)
+    def hook(k, phase):
+        if phase == "select": raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt) as err: refine(cfg, seeds=refined[1], progress=False, on_phase=hook)
+    assert err.value.__notes__ == [f"refine: finished phases are kept in {refine_dir(cfg)} (stopped in iteration 0, "
+                                   "phase select); the same command continues from there"]
 
 
 def test_bad_input_is_one_line_before_any_md(bulk_student, tmp_path, capsys):
@@ -152,12 +185,10 @@ def test_cli_and_other_settings(refined, tmp_path, capsys):
 
 def test_sigkill_then_the_same_command_continues(refined, make_pipeline_config, tmp_path, pyacemaker_exe):
     """A real `pyacemaker refine` process killed with SIGKILL after exploring; the same command finishes the loop."""
-    import os, shutil, signal, subprocess, time
+    import os, signal, subprocess, time
     from pyacemaker.domain_models.config import dump_config
     cfg0, seeds, _, reference = refined
-    cfg = _config(make_pipeline_config, tmp_path)
-    shutil.copytree(cfg0.work_dir / "models", cfg.work_dir / "models", ignore=shutil.ignore_patterns("ace_refined*"))
-    shutil.copy(cfg0.path(cfg0.step5_file), cfg.path(cfg.step5_file))
+    cfg = _copy_of_base(cfg0, make_pipeline_config, tmp_path)
     config = dump_config(cfg, tmp_path / "pipeline.yaml")
     cmd = [pyacemaker_exe, "refine", str(config), "--seeds", str(seeds), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -171,3 +202,18 @@ def test_sigkill_then_the_same_command_continues(refined, make_pipeline_config, 
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     assert _history(refine(cfg, seeds=seeds, progress=False)) == _history(reference)
+
+
+def test_report_for_the_refined_set(refined, tmp_path):
+    """`pyacemaker report CONFIG --potential ace_refined` writes the refined set's own metrics; the base's stay as they were."""
+    from pyacemaker.domain_models.config import dump_config
+    cfg = refined[0]
+    config = dump_config(cfg, tmp_path / "pipeline.yaml")
+    reports = cfg.work_dir / "reports"
+    base = {p.name: file_sha256(p) for p in reports.glob("metrics*.json")}
+    assert main(["report", str(config), "--potential", "ace_refined", "--no-speed", "--no-md"]) == 0
+    m = read_json(reports / "metrics_ace_refined.json")
+    assert m["delivery"]["name"] == "ace_refined"
+    assert (reports / "parity_ace_refined.png").stat().st_size > 10_000
+    assert {n: d for n, d in ((p.name, file_sha256(p)) for p in reports.glob("metrics*.json")) if n in base} == base
+    assert main(["report", str(config), "--potential", "ace_missing", "--no-speed", "--no-md"]) == 2
