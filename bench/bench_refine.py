@@ -30,7 +30,7 @@ from ase.cluster import Icosahedron, Octahedron
 from pyacemaker.demo_data import vegard_a
 from pyacemaker.domain_models.config import load_config
 from pyacemaker.oracle.mace_wrapper import MaceSurrogate
-from pyacemaker.refine import base_set, potential_errors, refine_dir, refined_set, walk, _evenly
+from pyacemaker.refine import base_set, potential_errors, refine_dir, refined_set, walk, evenly
 from pyacemaker.trainer.ace_trainer import Deliverables
 from pyacemaker.report.md import md_calculator, min_distance_threshold
 from pyacemaker.utils.io import iter_frames, read_json, write_frames
@@ -81,7 +81,7 @@ def compare(cfg, seeds, temperatures=(600.0, 1200.0), steps=400, snapshots=10, r
                 t0 = time.perf_counter()
                 w = walk(calc, seed, T, steps, cfg.training.cutoff, gamma_every=5, gamma_select=np.inf, gamma_stop=np.inf,
                          min_distance_A=threshold, timestep_fs=cfg.refine.timestep_fs, seed_rng=rng_seed + 10 * i + int(T))
-                snaps = _evenly(w["frames"][1:], snapshots)
+                snaps = evenly(w["frames"][1:], snapshots)
                 labeled = teacher.compute_batch(snaps)
                 err = potential_errors(d.yaml, snaps, [a.get_potential_energy() - sum(e0[s] for s in a.get_chemical_symbols())
                                                        for a in labeled], [a.get_forces() for a in labeled], cfg.training.cutoff)

@@ -37,7 +37,7 @@ from .utils.io import (atomic_output, file_sha256, frame_labels, frame_problem, 
 
 # %% auto #0
 __all__ = ['REFINED_NAME', 'RefineError', 'refine_dir', 'iteration_dir', 'base_set', 'refined_set', 'seed_structures', 'walk',
-           'walker_plan', 'walker_seed', 'explore', 'select_d_optimal', 'label_once', 'potential_errors',
+           'evenly', 'walker_plan', 'walker_seed', 'explore', 'select_d_optimal', 'label_once', 'potential_errors',
            'label_errors', 'table_errors', 'Upfit', 'refine_trainer', 'refine_tables', 'refine', 'plot_refine',
            'format_refine']
 
@@ -142,6 +142,12 @@ def walk(calc, seed: Atoms, temperature_K: float, steps: int, cutoff: float, *, 
             "stable": bool(stable and finished), "reason": why if not stable else state["stop"],
             "max_gamma": float(np.nanmax(trace["max_gamma"])) if np.isfinite(trace["max_gamma"]).any() else float("nan")}
 
+# %% ../nbs/05a_refine.ipynb #2439b8a2
+def evenly(frames: list, n: int) -> list:
+    "`n` frames spread evenly over `frames` (all of them if fewer), the last one included: the snapshots on which the student's error is measured."
+    if len(frames) <= n: return list(frames)
+    return [frames[i] for i in np.unique(np.linspace(len(frames) - 1, 0, n).round().astype(int))]
+
 # %% ../nbs/05a_refine.ipynb #e734e5a6
 def walker_plan(cfg: PipelineConfig, seeds: Sequence[tuple[str, Atoms]]) -> list[dict]:
     "Every walker of a round: its id, seed (index and name), temperature and number."
@@ -151,11 +157,6 @@ def walker_plan(cfg: PipelineConfig, seeds: Sequence[tuple[str, Atoms]]) -> list
 def walker_seed(base_seed: int, iteration: int, walker: int) -> int:
     "The random seed of one walker in one round: distinct for every walker and round, reproducible."
     return int(np.random.SeedSequence([base_seed, iteration, walker]).generate_state(1)[0])
-
-def _evenly(frames: list, n: int) -> list:
-    "`n` frames spread evenly over `frames` (all of them if fewer), the last one included."
-    if len(frames) <= n: return list(frames)
-    return [frames[i] for i in np.unique(np.linspace(len(frames) - 1, 0, n).round().astype(int))]
 
 def _write_json(path: Path, record: dict) -> Path:
     "Write a small JSON record atomically."
@@ -179,7 +180,7 @@ def explore(cfg: PipelineConfig, potential: tuple[Path, Path], seeds: Sequence[t
                      seed_rng=walker_seed(r.seed if seed is None else seed, iteration, n),
                      info={"walker": plan["id"], "seed": plan["seed"], "iteration": iteration})
             write_frames(w["candidates"], out / f"walker_{plan['id']}.candidates.xyz", overwrite=True)
-            write_frames(_evenly(w["frames"], r.error_snapshots), out / f"walker_{plan['id']}.sample.xyz", overwrite=True)
+            write_frames(evenly(w["frames"], r.error_snapshots), out / f"walker_{plan['id']}.sample.xyz", overwrite=True)
             rec = {**plan, "stable": w["stable"], "stop": w["stop"], "reason": w["reason"], "max_gamma": w["max_gamma"],
                    "steps": w["trace"]["steps"], "n_frames": len(w["frames"]), "n_candidates": len(w["candidates"]),
                    "wall_s": w["trace"]["wall_s"], "gamma": [float(g) for g in w["trace"]["max_gamma"]]}
