@@ -88,7 +88,8 @@ def _refine(args) -> None:
     "The distillation loop after step 6: explore with the student, label with the teacher, upfit; delivers ace_refined."
     from pyacemaker.refine import format_refine, refine
     print(format_refine(refine(_config(args), seeds=args.seeds, iterations=args.iterations, resume=args.resume,
-                               overwrite=args.overwrite, progress=not args.quiet, executable=args.pacemaker)))
+                               overwrite=args.overwrite, progress=not args.quiet, executable=args.pacemaker,
+                               scheduler=args.scheduler, workers=args.workers)))
 
 def _demo(args) -> None:
     "The bundled example end to end."
@@ -97,11 +98,11 @@ def _demo(args) -> None:
                                validation=not args.no_validation)))
 
 # %% ../nbs/06_cli.ipynb #ee30cb09
-def _add_where(p: argparse.ArgumentParser) -> None:
-    "--scheduler / --workers: label on dask workers instead of in this process."
+def _add_where(p: argparse.ArgumentParser, what: str = "label") -> None:
+    "--scheduler / --workers: label (or run walkers) on dask workers instead of in this process."
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", default=None, help="label on an existing dask scheduler (tcp://host:8786 or scheduler JSON file)")
-    where.add_argument("--workers", type=int, default=None, help="label on N local dask worker processes")
+    where.add_argument("--scheduler", default=None, help=f"{what} on an existing dask scheduler (tcp://host:8786 or scheduler JSON file)")
+    where.add_argument("--workers", type=int, default=None, help=f"{what} on N local dask worker processes")
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     "Options every subcommand has."
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--seeds", type=Path, default=None, help="extxyz of seed structures (default: refine.seeds, else the largest training cells)")
     ref.add_argument("--iterations", type=int, default=None, help="at most this many upfits (default: refine.iterations)")
     ref.add_argument("--resume", action="store_true", help="continue an interrupted refinement (a plain rerun does too)")
+    _add_where(ref, "run the walkers and teacher labels")
     d = sub.add_parser("demo", help="bundled Cu-Ag example: step 4 file -> MACE labels -> ACE fit -> report")
     d.add_argument("--work-dir", type=Path, default=Path("runs/demo"))
     d.add_argument("--overwrite", action="store_true", help="start over instead of reusing finished steps")

@@ -10,9 +10,10 @@ import hashlib
 import json
 import shutil
 import time
+import uuid
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -28,6 +29,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from . import __version__
 from .domain_models.config import PipelineConfig, PyacemakerError
 from .oracle.chunked_run import RunFiles
+from .oracle.distributed import dask_client, label_file_distributed
 from .orchestrator import fit_tables, label, trainer_for
 from .report.md import TRACE_KEYS, md_calculator, md_stable, md_structures, min_distance, min_distance_threshold
 from .report.parity import reports_dir
@@ -37,9 +39,9 @@ from .utils.io import (atomic_output, file_sha256, frame_labels, frame_problem, 
 
 # %% auto #0
 __all__ = ['REFINED_NAME', 'RefineError', 'refine_dir', 'iteration_dir', 'base_set', 'refined_set', 'seed_structures', 'walk',
-           'evenly', 'walker_plan', 'walker_seed', 'explore', 'select_d_optimal', 'label_once', 'potential_errors',
-           'label_errors', 'table_errors', 'Upfit', 'refine_trainer', 'refine_tables', 'refine', 'plot_refine',
-           'format_refine']
+           'evenly', 'walker_plan', 'walker_seed', 'run_walker', 'student_from_bytes', 'explore', 'select_d_optimal',
+           'label_once', 'potential_errors', 'label_errors', 'table_errors', 'Upfit', 'refine_trainer', 'refine_tables',
+           'refine', 'plot_refine', 'format_refine']
 
 # %% ../nbs/05a_refine.ipynb #c1f615f6
 class RefineError(PyacemakerError):
@@ -163,32 +165,78 @@ def _write_json(path: Path, record: dict) -> Path:
     with atomic_output(path, overwrite=True) as tmp: tmp.write_text(json.dumps(record, indent=1))
     return path
 
+def run_walker(calc, seed: Atoms, plan: dict, r, cutoff: float, iteration: int, min_distance_A: float,
+               rng_seed: int) -> tuple[dict, list[Atoms], list[Atoms]]:
+    "One walker of a round (`plan`, `walker_plan`'s row; `r`, the refine settings): its record, candidates and error sample."
+    w = walk(calc, seed, plan["temperature_K"], r.steps, cutoff, gamma_every=r.gamma_every, gamma_select=r.gamma_select,
+             gamma_stop=r.gamma_stop, min_distance_A=min_distance_A, timestep_fs=r.timestep_fs,
+             friction_per_fs=r.friction_per_fs, npt=r.npt, seed_rng=rng_seed,
+             info={"walker": plan["id"], "seed": plan["seed"], "iteration": iteration})
+    rec = {**plan, "stable": w["stable"], "stop": w["stop"], "reason": w["reason"], "max_gamma": w["max_gamma"],
+           "steps": w["trace"]["steps"], "n_frames": len(w["frames"]), "n_candidates": len(w["candidates"]),
+           "wall_s": w["trace"]["wall_s"], "gamma": [float(g) for g in w["trace"]["max_gamma"]]}
+    return rec, w["candidates"], evenly(w["frames"], r.error_snapshots)
+
+# %% ../nbs/05a_refine.ipynb #a79f02f1
+_STUDENT: dict = {}     # this process's student: {"key": SHA-256 of its content, "calc": calculator, "folder": its files}
+
+def student_from_bytes(potential: tuple[bytes, bytes]):
+    "The student calculator of a potential given by content (.yaml, .asi bytes), loaded once per process: a dask worker needs no shared folder."
+    key = hashlib.sha256(potential[0] + b"|" + potential[1]).hexdigest()
+    if _STUDENT.get("key") != key:
+        import tempfile
+        if _STUDENT: shutil.rmtree(_STUDENT["folder"], ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(prefix="pyacemaker-student-"))
+        (folder / "p.yaml").write_bytes(potential[0]); (folder / "p.asi").write_bytes(potential[1])
+        _STUDENT.update(key=key, calc=md_calculator(folder / "p.yaml", folder / "p.asi"), folder=folder)
+    return _STUDENT["calc"]
+
+def _walker_task(potential: tuple[bytes, bytes], *args) -> tuple[dict, list[Atoms], list[Atoms]]:
+    "`run_walker` on a dask worker, with the student sent by content; the record names the worker."
+    from distributed import get_worker
+    rec, candidates, sample = run_walker(student_from_bytes(potential), *args)
+    return {**rec, "worker": get_worker().address}, candidates, sample
+
+def _walkers_here(potential, tasks: list) -> Iterator[tuple]:
+    "Run the pending walkers (`run_walker`'s arguments after the calculator) in this process, one after another."
+    calc = md_calculator(*potential)
+    for args in tasks:
+        rec, candidates, sample = run_walker(calc, *args)
+        yield {**rec, "worker": None}, candidates, sample
+
+def _walkers_on(client, potential, tasks: list) -> Iterator[tuple]:
+    "Run the pending walkers as dask tasks, the student sent by content, yielding each as it finishes."
+    from distributed import as_completed
+    content, run = tuple(Path(p).read_bytes() for p in potential), uuid.uuid4().hex[:8]
+    running = {client.submit(_walker_task, content, *args, key=f"walker-{args[1]['id']}-{run}", pure=False, retries=1)
+               for args in tasks}
+    try:
+        for f in as_completed(running):
+            running.discard(f); yield f.result()
+    finally:
+        if running: client.cancel(list(running))
+
 def explore(cfg: PipelineConfig, potential: tuple[Path, Path], seeds: Sequence[tuple[str, Atoms]], out: Path,
             iteration: int = 0, min_distance_A: float = 0.0, seed: int | None = None,
-            say: Callable[[str], None] = lambda s: None, on_walker: Callable[[str], None] | None = None) -> dict:
-    "One exploration round with the student (`potential` = .yaml, .asi) in `out`; finished walkers are kept, not rerun."
+            say: Callable[[str], None] = lambda s: None, on_walker: Callable[[str], None] | None = None,
+            client=None) -> dict:
+    "One exploration round with the student (`potential` = .yaml, .asi) in `out`, here or on a dask `client`; finished walkers are kept, not rerun."
     out, r = Path(out), cfg.refine
     if (done := read_json(out / "explore.json")): return done
     out.mkdir(parents=True, exist_ok=True)
-    calc, walkers = md_calculator(*potential), []
-    for n, plan in enumerate(walker_plan(cfg, seeds)):
-        rec_file = out / f"walker_{plan['id']}.json"
-        if not (rec := read_json(rec_file)):
-            w = walk(calc, seeds[plan["seed_index"]][1], plan["temperature_K"], r.steps, cfg.training.cutoff,
-                     gamma_every=r.gamma_every, gamma_select=r.gamma_select, gamma_stop=r.gamma_stop,
-                     min_distance_A=min_distance_A, timestep_fs=r.timestep_fs, friction_per_fs=r.friction_per_fs, npt=r.npt,
-                     seed_rng=walker_seed(r.seed if seed is None else seed, iteration, n),
-                     info={"walker": plan["id"], "seed": plan["seed"], "iteration": iteration})
-            write_frames(w["candidates"], out / f"walker_{plan['id']}.candidates.xyz", overwrite=True)
-            write_frames(evenly(w["frames"], r.error_snapshots), out / f"walker_{plan['id']}.sample.xyz", overwrite=True)
-            rec = {**plan, "stable": w["stable"], "stop": w["stop"], "reason": w["reason"], "max_gamma": w["max_gamma"],
-                   "steps": w["trace"]["steps"], "n_frames": len(w["frames"]), "n_candidates": len(w["candidates"]),
-                   "wall_s": w["trace"]["wall_s"], "gamma": [float(g) for g in w["trace"]["max_gamma"]]}
-            _write_json(rec_file, rec)
-            say(f"  walker {plan['id']} ({plan['seed']}, {plan['temperature_K']:g} K): {rec['steps']} steps, max γ {rec['max_gamma']:.2f}, "
-                f"{rec['n_candidates']} candidates, {'stable' if rec['stable'] else 'stopped: ' + rec['reason']}")
-        walkers.append(rec)
-        if on_walker: on_walker(plan["id"])
+    plans = walker_plan(cfg, seeds)
+    tasks = [(seeds[p["seed_index"]][1], p, r, cfg.training.cutoff, iteration, min_distance_A,
+              walker_seed(r.seed if seed is None else seed, iteration, n))
+             for n, p in enumerate(plans) if not (out / f"walker_{p['id']}.json").exists()]
+    runs = () if not tasks else _walkers_on(client, potential, tasks) if client is not None else _walkers_here(potential, tasks)
+    for rec, candidates, sample in runs:
+        write_frames(candidates, out / f"walker_{rec['id']}.candidates.xyz", overwrite=True)
+        write_frames(sample, out / f"walker_{rec['id']}.sample.xyz", overwrite=True)
+        _write_json(out / f"walker_{rec['id']}.json", rec)                       # last: marks the walker finished
+        say(f"  walker {rec['id']} ({rec['seed']}, {rec['temperature_K']:g} K): {rec['steps']} steps, max γ {rec['max_gamma']:.2f}, "
+            f"{rec['n_candidates']} candidates, {'stable' if rec['stable'] else 'stopped: ' + rec['reason']}")
+        if on_walker: on_walker(rec["id"])
+    walkers = [read_json(out / f"walker_{p['id']}.json") for p in plans]
     for kind in ("candidates", "sample"):
         frames = [a for w in walkers for a in iter_frames(out / f"walker_{w['id']}.{kind}.xyz")]
         write_frames(frames, out / f"{kind}.xyz", overwrite=True)
@@ -224,12 +272,13 @@ def select_d_optimal(candidates: Sequence[Atoms], potential_yaml: str | Path, ac
     return picked
 
 # %% ../nbs/05a_refine.ipynb #2841ce58
-def label_once(cfg: PipelineConfig, src: Path, dst: Path) -> Path | None:
-    "Label `src` into `dst` with the teacher (step 5's labeler), resuming an interrupted run; None if `src` is empty."
+def label_once(cfg: PipelineConfig, src: Path, dst: Path, client=None) -> Path | None:
+    "Label `src` into `dst` with the teacher (step 5's labeler, here or on a dask `client`), resuming an interrupted run; None if `src` is empty."
     if dst.exists(): return dst
     if not any(True for _ in iter_frames(src)): return None
     partial = RunFiles(dst).partial.exists()
-    label(src, dst, cfg.labeling, resume=partial, overwrite=not partial, progress=False)
+    if client is None: label(src, dst, cfg.labeling, resume=partial, overwrite=not partial, progress=False)
+    else: label_file_distributed(src, dst, cfg.labeling, resume=partial, overwrite=not partial, progress=False, client=client)
     return dst
 
 # %% ../nbs/05a_refine.ipynb #460201e9
@@ -341,11 +390,17 @@ def _keeping(folder: Path, state: dict):
                          f"phase {state['phase']}); the same command continues from there")
         raise
 
+def _where(scheduler: str | None, workers: int | None, client):
+    "A dask client for the walkers and teacher labels (a scheduler, local workers or a client), else a context of None."
+    if scheduler is None and workers is None and client is None: return contextlib.nullcontext(None)
+    return dask_client(scheduler, workers, client)
+
 # %% ../nbs/05a_refine.ipynb #90c3000a
 def refine(cfg: PipelineConfig, seeds: str | Path | None = None, iterations: int | None = None, resume: bool = False,
            overwrite: bool = False, progress: bool = True, executable: str = "pacemaker",
-           on_phase: Callable[[int, str], None] | None = None) -> dict:
-    "The distillation loop: explore with the student, label what it does not know, upfit, deliver `ace_refined`; resumable."
+           on_phase: Callable[[int, str], None] | None = None, scheduler: str | None = None, workers: int | None = None,
+           client=None) -> dict:
+    "The distillation loop: explore with the student, label what it does not know, upfit, deliver `ace_refined`; resumable; walkers and labels here or on dask."
     say = print if progress else (lambda s: None)
     if iterations is not None and iterations < 0: raise RefineError(f"--iterations must be 0 or more, got {iterations}")
     if iterations is not None: cfg = cfg.model_copy(update={"refine": cfg.refine.model_copy(update={"iterations": iterations})})
@@ -369,14 +424,14 @@ def refine(cfg: PipelineConfig, seeds: str | Path | None = None, iterations: int
     threshold = float(cfg.md.min_distance_A) if cfg.md.min_distance_A else min_distance_threshold(frames5)
     _, test = fit_tables(cfg, e0)
     potential, stop = (base.yaml, base.asi), ""
-    with run_lock(folder / "refine.lock", "pyacemaker refine"), _keeping(folder, state):
+    with run_lock(folder / "refine.lock", "pyacemaker refine"), _keeping(folder, state), _where(scheduler, workers, client) as c:
         for k in range(r.iterations + 1):
             it = iteration_dir(cfg, k)
             rec = read_json(it / "record.json") or {"iteration": k, "potential": str(potential[0]), "wall_s": {}}
             timed = lambda phase, t0: rec["wall_s"].__setitem__(phase, rec["wall_s"].get(phase, 0.0) + time.perf_counter() - t0)
             t0 = time.perf_counter(); _phase(state_file, state, k, "explore", say, on_phase)
             ex = explore(cfg, potential, seeds_, it / "explore", k, threshold, say=say,
-                         on_walker=(lambda w: on_phase(k, f"walker {w}")) if on_phase else None)
+                         on_walker=(lambda w: on_phase(k, f"walker {w}")) if on_phase else None, client=c)
             if "explore" not in rec["wall_s"]: timed("explore", t0)
             rec.update(candidates=ex["n_candidates"], walkers_stable=sum(w["stable"] for w in ex["walkers"]),
                        walkers=len(ex["walkers"]), all_stable=ex["all_stable"], max_gamma=ex["max_gamma"],
@@ -386,7 +441,7 @@ def refine(cfg: PipelineConfig, seeds: str | Path | None = None, iterations: int
                 f"{ex['n_candidates']} candidates")
             t0 = time.perf_counter(); _phase(state_file, state, k, "teacher errors", say, on_phase)
             if "teacher_errors" not in rec:
-                sample = label_once(cfg, it / "explore" / "sample.xyz", it / "sample_labeled.xyz")
+                sample = label_once(cfg, it / "explore" / "sample.xyz", it / "sample_labeled.xyz", c)
                 rec["teacher_errors"] = label_errors(potential[0], sample, e0, cfg.training.cutoff) if sample else None
                 rec["test_errors"] = table_errors(potential[0], test, cfg.training.cutoff) if test is not None else None
                 timed("teacher_errors", t0); _write_json(it / "record.json", rec)
@@ -408,7 +463,7 @@ def refine(cfg: PipelineConfig, seeds: str | Path | None = None, iterations: int
                 stop = "no candidate adds information to the active set"; rec["final"] = True
                 _write_json(it / "record.json", rec); history.append(rec); break
             t0 = time.perf_counter(); _phase(state_file, state, k, "label", say, on_phase)
-            if "label" not in rec["wall_s"]: label_once(cfg, it / "selected.xyz", it / "labeled.xyz"); timed("label", t0)
+            if "label" not in rec["wall_s"]: label_once(cfg, it / "selected.xyz", it / "labeled.xyz", c); timed("label", t0)
             _write_json(it / "record.json", rec)
             t0 = time.perf_counter(); _phase(state_file, state, k, "fit", say, on_phase)
             if rec.get("fitted"): potential = (it / "fit" / "output_potential.yaml", it / "fit" / "output_potential.asi")

@@ -217,3 +217,19 @@ def test_report_for_the_refined_set(refined, tmp_path):
     assert (reports / "parity_ace_refined.png").stat().st_size > 10_000
     assert {n: d for n, d in ((p.name, file_sha256(p)) for p in reports.glob("metrics*.json")) if n in base} == base
     assert main(["report", str(config), "--potential", "ace_missing", "--no-speed", "--no-md"]) == 2
+
+
+def test_walkers_and_labels_on_dask_workers_equal_local(refined, make_pipeline_config, tmp_path):
+    """`pyacemaker refine CONFIG --workers 2`: the walkers ran on the workers, and the loop's records equal the local run's."""
+    pytest.importorskip("distributed")
+    from pyacemaker.domain_models.config import dump_config
+    cfg0, seeds, _, reference = refined
+    cfg = _copy_of_base(cfg0, make_pipeline_config, tmp_path)
+    config = dump_config(cfg, tmp_path / "pipeline.yaml")
+    assert main(["refine", str(config), "--seeds", str(seeds), "--workers", "2", "--quiet"]) == 0
+    walkers = read_json(iteration_dir(cfg, 0) / "explore" / "explore.json")["walkers"]
+    assert walkers and all(str(w["worker"]).startswith("tcp://") for w in walkers)
+    assert _history({"history": read_json(refine_dir(cfg) / "history.json")["iterations"]}) == _history(reference)
+    here, there = ([a.get_forces() for a in iter_frames(iteration_dir(c, 0) / "labeled.xyz")] for c in (cfg0, cfg))
+    assert len(here) == len(there) > 0
+    assert np.allclose(np.concatenate(here), np.concatenate(there), atol=1e-5)   # the teacher's labels, from the workers
