@@ -204,6 +204,38 @@ def test_sigkill_then_the_same_command_continues(refined, make_pipeline_config, 
     assert _history(refine(cfg, seeds=seeds, progress=False)) == _history(reference)
 
 
+TERMINATED_AT = """
+import os, signal, sys
+import pyacemaker.refine as r
+from pyacemaker.cli import main
+loop = r.refine
+def hook(k, phase):
+    if k == 0 and phase == sys.argv[3]: os.kill(os.getpid(), signal.SIGTERM)
+r.refine = lambda *a, **kw: loop(*a, on_phase=hook, **kw)
+sys.exit(main(["refine", sys.argv[1], "--seeds", sys.argv[2], "--quiet"]))
+"""
+
+def test_sigterm_in_md_stops_the_loop_and_keeps_finished_walkers(refined, make_pipeline_config, tmp_path):
+    """`pyacemaker refine` gets SIGTERM while its walkers run: exit 143, one line saying what is kept; the rerun ends as an uninterrupted run."""
+    import os, subprocess, sys
+    from pyacemaker.domain_models.config import dump_config
+    cfg0, seeds, _, reference = refined
+    cfg = _copy_of_base(cfg0, make_pipeline_config, tmp_path)
+    config = dump_config(cfg, tmp_path / "pipeline.yaml")
+    stopped = subprocess.run([sys.executable, "-c", TERMINATED_AT, str(config), str(seeds), "walker s0_1000K_w0"],
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert stopped.returncode == 143, stopped.stderr
+    assert stopped.stderr.strip().splitlines() == [
+        f"pyacemaker refine: interrupted (SIGTERM): refine: finished phases are kept in {refine_dir(cfg)} "
+        "(stopped in iteration 0, phase explore); the same command continues from there"]
+    walkers = sorted((iteration_dir(cfg, 0) / "explore").glob("walker_*.json"))
+    assert [p.stem for p in walkers] == ["walker_s0_1000K_w0"]          # the first walker is kept, the second never ran
+    assert not (iteration_dir(cfg, 0) / "explore" / "explore.json").exists() and not refined_set(cfg).yace.exists()
+    kept = walkers[0].stat().st_mtime_ns
+    assert _history(refine(cfg, seeds=seeds, progress=False)) == _history(reference)
+    assert walkers[0].stat().st_mtime_ns == kept
+
+
 def test_report_for_the_refined_set(refined, tmp_path):
     """`pyacemaker report CONFIG --potential ace_refined` writes the refined set's own metrics; the base's stay as they were."""
     from pyacemaker.domain_models.config import dump_config
