@@ -89,14 +89,18 @@ def test_fresh_exploration_of_the_refined_student_stays_closer(refined, tmp_path
     assert new["n_candidates"] < old["n_candidates"]
 
 
-#: a process that SIGKILLs itself when iteration 0 reaches `stop_at` (no cleanup, no finally: a real kill)
-KILLED_AT = """
+#: `pyacemaker refine CONFIG --seeds SEEDS --quiet` sending itself signal SIGNAL when iteration 0 reaches phase STOP_AT
+#: (SIGKILL: no cleanup, no finally, a real kill; SIGTERM: the CLI's own handling)
+STOPPED_AT = """
 import os, signal, sys
-from pyacemaker.domain_models.config import load_config
-from pyacemaker.refine import refine
+import pyacemaker.refine as r
+from pyacemaker.cli import main
+config, seeds, sig, stop_at = sys.argv[1:]
+loop = r.refine
 def hook(k, phase):
-    if k == 0 and phase == sys.argv[3]: os.kill(os.getpid(), signal.SIGKILL)
-refine(load_config(sys.argv[1]), seeds=sys.argv[2], progress=False, on_phase=hook)
+    if k == 0 and phase == stop_at: os.kill(os.getpid(), signal.Signals[sig])
+r.refine = lambda *a, **kw: loop(*a, on_phase=hook, **kw)
+sys.exit(main(["refine", config, "--seeds", seeds, "--quiet"]))
 """
 
 def _copy_of_base(cfg0, make_pipeline_config, tmp_path):
@@ -109,16 +113,21 @@ def _copy_of_base(cfg0, make_pipeline_config, tmp_path):
     return cfg
 
 
+def _stopped(refined, make_pipeline_config, tmp_path, sig: str, stop_at: str):
+    "A copy of the refined fixture's base, and the finished `pyacemaker refine` process that got `sig` at `stop_at`."
+    import os, subprocess, sys
+    from pyacemaker.domain_models.config import dump_config
+    cfg = _copy_of_base(refined[0], make_pipeline_config, tmp_path)
+    config = dump_config(cfg, tmp_path / "pipeline.yaml")
+    return cfg, subprocess.run([sys.executable, "-c", STOPPED_AT, str(config), str(refined[1]), sig, stop_at],
+                               capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 @pytest.mark.parametrize("stop_at", ["walker s0_1000K_w0", "teacher errors", "select", "label", "fit"])
 def test_resume_after_sigkill_in_each_phase(refined, make_pipeline_config, tmp_path, stop_at):
     """SIGKILLed at the start of a phase (or after the first walker), a rerun continues there and ends as an uninterrupted run."""
-    import os, subprocess, sys
-    from pyacemaker.domain_models.config import dump_config
-    cfg0, seeds, _, reference = refined
-    cfg = _copy_of_base(cfg0, make_pipeline_config, tmp_path)
-    config = dump_config(cfg, tmp_path / "pipeline.yaml")
-    killed = subprocess.run([sys.executable, "-c", KILLED_AT, str(config), str(seeds), stop_at], capture_output=True,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _, seeds, _, reference = refined
+    cfg, killed = _stopped(refined, make_pipeline_config, tmp_path, "SIGKILL", stop_at)
     assert killed.returncode == -9, killed.stderr
     state = read_json(refine_dir(cfg) / "state.json")
     assert state["iteration"] == 0 and state["phase"] == ("explore" if stop_at.startswith("walker") else stop_at)
@@ -204,26 +213,10 @@ def test_sigkill_then_the_same_command_continues(refined, make_pipeline_config, 
     assert _history(refine(cfg, seeds=seeds, progress=False)) == _history(reference)
 
 
-TERMINATED_AT = """
-import os, signal, sys
-import pyacemaker.refine as r
-from pyacemaker.cli import main
-loop = r.refine
-def hook(k, phase):
-    if k == 0 and phase == sys.argv[3]: os.kill(os.getpid(), signal.SIGTERM)
-r.refine = lambda *a, **kw: loop(*a, on_phase=hook, **kw)
-sys.exit(main(["refine", sys.argv[1], "--seeds", sys.argv[2], "--quiet"]))
-"""
-
 def test_sigterm_in_md_stops_the_loop_and_keeps_finished_walkers(refined, make_pipeline_config, tmp_path):
     """`pyacemaker refine` gets SIGTERM while its walkers run: exit 143, one line saying what is kept; the rerun ends as an uninterrupted run."""
-    import os, subprocess, sys
-    from pyacemaker.domain_models.config import dump_config
-    cfg0, seeds, _, reference = refined
-    cfg = _copy_of_base(cfg0, make_pipeline_config, tmp_path)
-    config = dump_config(cfg, tmp_path / "pipeline.yaml")
-    stopped = subprocess.run([sys.executable, "-c", TERMINATED_AT, str(config), str(seeds), "walker s0_1000K_w0"],
-                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _, seeds, _, reference = refined
+    cfg, stopped = _stopped(refined, make_pipeline_config, tmp_path, "SIGTERM", "walker s0_1000K_w0")
     assert stopped.returncode == 143, stopped.stderr
     assert stopped.stderr.strip().splitlines() == [
         f"pyacemaker refine: interrupted (SIGTERM): refine: finished phases are kept in {refine_dir(cfg)} "
