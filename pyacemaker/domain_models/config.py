@@ -11,13 +11,14 @@ from typing import Annotated, Literal, Union
 
 import yaml
 from ase.data import chemical_symbols
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator,
                       model_validator)
 
 # %% auto #0
-__all__ = ['Count', 'Real', 'Flag', 'Weighting', 'LadderStep', 'ELEMENT_SYMBOLS', 'PROPERTIES', 'PyacemakerError', 'ConfigError',
-           'UniformWeighting', 'EnergyBasedWeighting', 'AceTrainingConfig', 'LabelingConfig', 'MDCheckConfig',
-           'RefineConfig', 'Tolerance', 'ValidationConfig', 'PipelineConfig', 'load_config', 'dump_config']
+__all__ = ['Count', 'Real', 'Flag', 'Temperatures', 'Weighting', 'LadderStep', 'ELEMENT_SYMBOLS', 'PROPERTIES', 'PyacemakerError',
+           'ConfigError', 'UniformWeighting', 'EnergyBasedWeighting', 'AceTrainingConfig', 'LabelingConfig',
+           'MDCheckConfig', 'RefineConfig', 'Tolerance', 'ValidationConfig', 'PipelineConfig', 'load_config',
+           'dump_config']
 
 # %% ../../nbs/00_config.ipynb #ebc8b0a2
 class PyacemakerError(Exception):
@@ -37,6 +38,13 @@ def _number(v):
 Count = Annotated[int, Strict()]
 Real = Annotated[float, BeforeValidator(_number)]
 Flag = Annotated[bool, Strict()]
+
+def _temperatures(v: list[float]) -> list[float]:
+    "Every temperature of an MD run positive and below 10^5 K: a negative one would hang the thermostat (sqrt of it)."
+    if any(not 0 < t < 1e5 for t in v): raise ValueError(f"temperatures must be positive (K) and below 100000 K, got {v}")
+    return v
+
+Temperatures = Annotated[list[Real], AfterValidator(_temperatures)]
 
 # %% ../../nbs/00_config.ipynb #bbf7661b
 class UniformWeighting(BaseModel):
@@ -163,19 +171,13 @@ class MDCheckConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: Flag = Field(True, description="run the MD check in the report")
-    temperatures_K: list[Real] = Field([300.0, 1000.0], min_length=1, description="Langevin temperatures (K)")
+    temperatures_K: Temperatures = Field([300.0, 1000.0], min_length=1, description="Langevin temperatures (K)")
     steps: Count = Field(250, ge=1, description="Langevin steps per run")
     nve_steps: Count = Field(250, ge=0, description="NVE steps after the Langevin segment (for the energy drift)")
     timestep_fs: Real = Field(2.0, gt=0, le=10, description="time step (fs)")
     structures: Count | list[str] = Field(2, description="how many of the largest training structures, or their names")
     min_distance_A: Real | None = Field(None, gt=0, description="closest approach that counts as a collapse (Å); None = automatic")
     snapshots: Count = Field(10, ge=0, description="MD snapshots per run labeled by the teacher")
-
-    @field_validator("temperatures_K")
-    @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        if any(t <= 0 for t in v): raise ValueError(f"temperatures must be positive (K), got {v}")
-        return v
 
 # %% ../../nbs/00_config.ipynb #57beff3e
 class RefineConfig(BaseModel):
@@ -184,7 +186,7 @@ class RefineConfig(BaseModel):
 
     seeds: Path | None = Field(None, description="extxyz of seed structures; None = the `seed_structures` largest training cells")
     seed_structures: Count = Field(3, ge=1, description="how many training cells seed the walkers when no seed file is given")
-    temperatures_K: list[Real] = Field([600.0, 1200.0], min_length=1, description="Langevin temperatures of the walkers (K)")
+    temperatures_K: Temperatures = Field([600.0, 1200.0], min_length=1, description="Langevin temperatures of the walkers (K)")
     walkers: Count = Field(1, ge=1, description="independent walkers per seed and temperature")
     steps: Count = Field(400, ge=1, description="MD steps per walker and round")
     timestep_fs: Real = Field(2.0, gt=0, le=10, description="time step (fs)")
@@ -200,16 +202,12 @@ class RefineConfig(BaseModel):
     upfit_maxiter: Count | None = Field(150, ge=1, description="optimizer iterations of an upfit; None = training.maxiter")
     seed: Count = Field(0, description="random seed of the walkers (velocities, Langevin noise)")
 
-    @field_validator("temperatures_K")
-    @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        if any(t <= 0 for t in v): raise ValueError(f"temperatures must be positive (K), got {v}")
-        return v
-
     @model_validator(mode="after")
     def _thresholds(self) -> "RefineConfig":
         if self.gamma_stop <= self.gamma_select:
             raise ValueError(f"gamma_stop ({self.gamma_stop}) must be larger than gamma_select ({self.gamma_select})")
+        if self.gamma_every > self.steps:
+            raise ValueError(f"gamma_every ({self.gamma_every}) must not exceed steps ({self.steps}): a walker would never be looked at")
         return self
 
 # %% ../../nbs/00_config.ipynb #bd0be1b4
@@ -241,7 +239,7 @@ class ValidationConfig(BaseModel):
     references: Flag = Field(True, description="validate each element's reference phase and an ordered alloy of the first two")
     structures: Path | None = Field(None, description="extra structures (extxyz) to validate: bulk cells, slabs, clusters")
     facets: list[list[Count]] = Field([[1, 0, 0], [1, 1, 0], [1, 1, 1]], description="surfaces (Miller indices) of each reference phase")
-    temperatures_K: list[Real] = Field([1000.0], description="Langevin MD temperatures for the RDF (K); [] = no RDF")
+    temperatures_K: Temperatures = Field([1000.0], description="Langevin MD temperatures for the RDF (K); [] = no RDF")
     md_steps: Count = Field(100, ge=10, description="MD steps per model and temperature (the second half is sampled)")
     timestep_fs: Real = Field(2.0, gt=0, le=10)
     fmax: Real = Field(1e-3, gt=0, description="force (eV/Å) and stress convergence of bulk relaxations")

@@ -138,7 +138,7 @@ def test_md_check_defaults_and_pipeline_default():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(temperatures_K=[0]), r"temperatures must be positive \(K\), got \[0.0\]"),
+    (dict(temperatures_K=[0]), r"temperatures must be positive \(K\) and below 100000 K, got \[0.0\]"),
     (dict(temperatures_K=[300, -5]), r"temperatures must be positive"),
     (dict(temperatures_K=[]), r"temperatures_K"),
     (dict(temperatures_K=[True]), r"temperatures_K\.0\n.*expected a number, got true"),
@@ -220,6 +220,28 @@ def test_load_errors_are_one_line_naming_file_and_fields(tmp_path, text, fields)
         assert re.search(f, msg), (f, msg)
     assert msg.count("; ") == len(fields) - 1, msg
     assert isinstance(e.value, PyacemakerError)
+
+
+#: every MD setting of every section, each with a value that cannot run (issue 23: a negative validation temperature hung `validate`)
+MD_SETTINGS = [("md", "temperatures_K", "[-100]"), ("md", "steps", "0"), ("md", "timestep_fs", "0"),
+               ("validation", "temperatures_K", "[-100]"), ("validation", "temperatures_K", "[1.0e+6]"),
+               ("validation", "md_steps", "0"), ("validation", "timestep_fs", "-1"),
+               ("refine", "temperatures_K", "[-100]"), ("refine", "steps", "0"), ("refine", "timestep_fs", "0"),
+               ("refine", "gamma_every", "0")]
+
+
+@pytest.mark.parametrize("section,field,value", MD_SETTINGS)
+def test_every_md_setting_is_validated(tmp_path, section, field, value):
+    p = write(tmp_path, GOOD + f"{section}: {{{field}: {value}}}\n", "bad.yaml")
+    with pytest.raises(ConfigError, match=rf"bad.yaml: {section}\.{field}") as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
+
+
+def test_gamma_every_beyond_the_walk_is_refused(tmp_path):
+    """refine.gamma_every > refine.steps: walkers were never looked at ("0 steps, stable") and the loop "converged"."""
+    with pytest.raises(ConfigError, match=r"refine: Value error, gamma_every \(50\) must not exceed steps \(20\)"):
+        load_config(write(tmp_path, GOOD + "refine: {steps: 20, gamma_every: 50}\n", "bad.yaml"))
 
 
 @pytest.mark.parametrize("text,match", [
