@@ -30,9 +30,11 @@ from ase.cluster import Icosahedron, Octahedron
 from pyacemaker.demo_data import vegard_a
 from pyacemaker.domain_models.config import load_config
 from pyacemaker.oracle.mace_wrapper import MaceSurrogate
-from pyacemaker.refine import base_set, potential_errors, refine_dir, refined_set, walk, evenly
-from pyacemaker.trainer.ace_trainer import Deliverables
-from pyacemaker.report.md import md_calculator, min_distance_threshold
+from pyacemaker.domain_models.config import RefineConfig
+from pyacemaker.kit.calculators import ace_calculator
+from pyacemaker.kit.layout import Deliverables, base_set, refine_dir, refined_set
+from pyacemaker.refine import potential_errors, walk, evenly
+from pyacemaker.report.md import min_distance_threshold
 from pyacemaker.utils.io import iter_frames, read_json, write_frames
 
 
@@ -75,12 +77,12 @@ def compare(cfg, seeds, temperatures=(600.0, 1200.0), steps=400, snapshots=10, r
     threshold = min_distance_threshold(list(iter_frames(cfg.path(cfg.step5_file))))
     rows = []
     for name, d in (("base", base_set(cfg)), ("refined", refined or refined_set(cfg))):
-        calc = md_calculator(d.yaml, d.asi)
+        calc = ace_calculator(d.yaml, d.asi)
         for i, seed in enumerate(seeds):
             for T in temperatures:
                 t0 = time.perf_counter()
-                w = walk(calc, seed, T, steps, cfg.training.cutoff, gamma_every=5, gamma_select=np.inf, gamma_stop=np.inf,
-                         min_distance_A=threshold, timestep_fs=cfg.refine.timestep_fs, seed_rng=rng_seed + 10 * i + int(T))
+                look = RefineConfig(steps=steps, gamma_every=5, gamma_select=1e9, gamma_stop=1e10, timestep_fs=cfg.refine.timestep_fs)
+                w = walk(calc, seed, T, look, cfg.training.cutoff, threshold, seed_rng=rng_seed + 10 * i + int(T))
                 snaps = evenly(w["frames"][1:], snapshots)
                 labeled = teacher.compute_batch(snaps)
                 err = potential_errors(d.yaml, snaps, [a.get_potential_energy() - sum(e0[s] for s in a.get_chemical_symbols())

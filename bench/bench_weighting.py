@@ -37,7 +37,7 @@ from pyacemaker.demo_data import demo_step4_path, mixed_step4_frames
 from pyacemaker.domain_models.config import AceTrainingConfig, EnergyBasedWeighting, UniformWeighting
 from pyacemaker.orchestrator import fit_key, reference_energies, run_step5, run_step6, step5_status
 from pyacemaker.report.parity import write_report
-from pyacemaker.trainer.ace_trainer import Deliverables
+from pyacemaker.kit.layout import Deliverables
 from pyacemaker.utils.io import iter_frames, read_training_table, write_frames
 
 WEIGHTINGS = {
@@ -122,7 +122,8 @@ def one_fit(cfg, wname: str, weighting, threads: int) -> dict:
 
 def _metrics_without_report(cfg, d: Deliverables) -> dict:
     "Parity metrics of the deployed .yace on the delivered tables, as write_report computes them (fallback)."
-    from pyacemaker.report.parity import ace_calculator, ace_predictions, parity_metrics
+    from pyacemaker.kit.calculators import ace_calculator
+    from pyacemaker.report.parity import ace_predictions, parity_metrics
     manifest = json.loads(d.manifest.read_text())
     calc = ace_calculator(d.yace)
     return {s: parity_metrics(ace_predictions(calc, read_training_table(d.table(s)), s, manifest["e0"])) for s in ("train", "test")}
@@ -130,7 +131,8 @@ def _metrics_without_report(cfg, d: Deliverables) -> dict:
 
 def per_structure_errors(d: Deliverables) -> dict:
     "Held-out errors of the deployed .yace per test structure: energy (meV/atom), sum of squared force errors (meV/Å)², components."
-    from pyacemaker.report.parity import ace_calculator, ace_predictions
+    from pyacemaker.kit.calculators import ace_calculator
+    from pyacemaker.report.parity import ace_predictions
     manifest = json.loads(d.manifest.read_text())
     p = ace_predictions(ace_calculator(d.yace), read_training_table(d.table("test")), "test", manifest["e0"])
     ends = np.cumsum(3 * np.asarray(p["natoms"]))

@@ -51,9 +51,10 @@ def _check(args) -> None:
 
 def _label(args) -> None:
     "Step 5 on explicit files: label an extxyz file with a MACE model (here, or on dask workers)."
+    from pyacemaker.oracle.distributed import Cluster
     from pyacemaker.orchestrator import label
     print(label(args.input, args.output, labeling_from_args(args), resume=args.resume, overwrite=args.overwrite,
-                progress=not args.quiet, scheduler=args.scheduler, workers=args.workers))
+                progress=not args.quiet, cluster=Cluster(args.scheduler, args.workers)))
 
 def _fit(args) -> None:
     "Step 6: fit ACE (pacemaker, or a linear ACE with --mock) to the step-5 labels of a pipeline config."
@@ -63,9 +64,10 @@ def _fit(args) -> None:
 
 def _run(args) -> None:
     "Steps 5 and 6, the report and the validation of a pipeline config, redoing only what changed."
+    from pyacemaker.oracle.distributed import Cluster
     from pyacemaker.orchestrator import format_pipeline, run_pipeline
     print(format_pipeline(run_pipeline(_config(args), overwrite=args.overwrite, progress=not args.quiet,
-                                       executable=args.pacemaker, scheduler=args.scheduler, workers=args.workers,
+                                       executable=args.pacemaker, cluster=Cluster(args.scheduler, args.workers),
                                        report=not args.no_report, speed=not args.no_speed,
                                        validation=not args.no_validation)))
 
@@ -86,10 +88,12 @@ def _validate(args) -> int:
 
 def _refine(args) -> None:
     "The distillation loop after step 6: explore with the student, label with the teacher, upfit; delivers ace_refined."
-    from pyacemaker.refine import format_refine, refine
-    print(format_refine(refine(_config(args), seeds=args.seeds, iterations=args.iterations, resume=args.resume,
-                               overwrite=args.overwrite, progress=not args.quiet, executable=args.pacemaker,
-                               scheduler=args.scheduler, workers=args.workers)))
+    from pyacemaker.oracle.distributed import Cluster
+    from pyacemaker.refine import check_resumable, format_refine, refine
+    cfg = _config(args)
+    if args.resume: check_resumable(cfg)
+    print(format_refine(refine(cfg, seeds=args.seeds, iterations=args.iterations, overwrite=args.overwrite,
+                               progress=not args.quiet, executable=args.pacemaker, cluster=Cluster(args.scheduler, args.workers))))
 
 def _demo(args) -> None:
     "The bundled example end to end."

@@ -22,16 +22,18 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.cluster import Icosahedron
 from ase.io import write
-from ase.neighborlist import neighbor_list
+
+from .kit.errors import rmse
+from .utils.io import min_distance
 
 # %% auto #0
 __all__ = ['DATA_DIR', 'BUNDLED_MODELS', 'A0_EMT', 'TRAIN_SEED', 'TEST_SEED', 'MACE_RECIPE', 'STEP4_REPEATS', 'STEP4_WEIGHTS',
            'STEP4_RATTLE', 'MIN_DISTANCE', 'MIXED_KINDS', 'SLAB_SIZES', 'HEAD_SHIFTS', 'MULTIHEAD_SEEDS',
            'MULTIHEAD_RECIPE', 'demo_model_path', 'demo_model_card', 'demo_step4_path', 'vegard_a', 'random_cuag_cell',
-           'emt_label', 'reference_frame', 'mace_training_frames', 'train_demo_model', 'rmse', 'reference_errors',
-           'teacher_errors', 'step4_frames', 'min_distance', 'rattled', 'slab_cell', 'wire_cell', 'cluster_cell',
-           'mixed_step4_frames', 'energy_above_bulk', 'median_by_kind', 'emt_isolated_energies', 'multihead_frames',
-           'multihead_config', 'train_multihead_model', 'multihead_card', 'make_multihead_assets', 'make_demo_assets']
+           'emt_label', 'reference_frame', 'mace_training_frames', 'train_demo_model', 'reference_errors',
+           'teacher_vs_emt', 'step4_frames', 'rattled', 'slab_cell', 'wire_cell', 'cluster_cell', 'mixed_step4_frames',
+           'energy_above_bulk', 'median_by_kind', 'emt_isolated_energies', 'multihead_frames', 'multihead_config',
+           'train_multihead_model', 'multihead_card', 'make_multihead_assets', 'make_demo_assets']
 
 # %% ../nbs/07_demo_data.ipynb #37f1609c
 DATA_DIR = Path(str(importlib.resources.files("pyacemaker"))) / "data"
@@ -122,10 +124,6 @@ def train_demo_model(out: str | Path, n_train: int = 200, n_test: int = 50, work
     return out
 
 # %% ../nbs/07_demo_data.ipynb #628b4500
-def rmse(a, b) -> float:
-    "Root-mean-square difference of two arrays."
-    return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
-
 def reference_errors(model: str | Path, refs: Sequence[Atoms], head: str | None = None) -> dict:
     "RMSE of a MACE model (one `head`) vs REF_* labels, with mace's own calculator: energy meV/atom, forces meV/Å, stress GPa."
     from ase.units import GPa
@@ -137,10 +135,10 @@ def reference_errors(model: str | Path, refs: Sequence[Atoms], head: str | None 
         e_err.append((at.get_potential_energy() - ref.info["REF_energy"]) / len(at))
         f_err.append((at.get_forces() - ref.arrays["REF_forces"]).ravel())
         if "REF_stress" in ref.info: s_err.append((at.get_stress(voigt=False) - ref.info["REF_stress"]).ravel())
-    return {"energy_rmse_meV_per_atom": 1e3 * rmse(e_err, 0), "forces_rmse_meV_per_A": 1e3 * rmse(np.concatenate(f_err), 0),
-            "stress_rmse_GPa": rmse(np.concatenate(s_err), 0) / GPa if s_err else None, "n_test": len(refs)}
+    return {"energy_rmse_meV_per_atom": 1e3 * rmse(np.array(e_err)), "forces_rmse_meV_per_A": 1e3 * rmse(f_err),
+            "stress_rmse_GPa": rmse(s_err) / GPa if s_err else None, "n_test": len(refs)}
 
-def teacher_errors(model: str | Path, n_test: int = 50) -> dict:
+def teacher_vs_emt(model: str | Path, n_test: int = 50) -> dict:
     "RMSE of a MACE model vs EMT on the seeded test cells: energy meV/atom, forces meV/Å, stress GPa."
     return reference_errors(model, mace_training_frames(n_test, TEST_SEED))
 
@@ -160,11 +158,6 @@ def step4_frames(n: int = 300, seed: int = 3) -> list[Atoms]:
 
 # %% ../nbs/07_demo_data.ipynb #2b4f6f14
 MIN_DISTANCE = 2.0   # Å: no closer pair after rattling
-
-def min_distance(atoms: Atoms, cutoff: float = 3.0) -> float:
-    "Shortest interatomic distance (Å), periodic images included; inf if no pair is closer than `cutoff` Å."
-    d = neighbor_list("d", atoms, cutoff)
-    return float(d.min()) if len(d) else float("inf")
 
 def rattled(atoms: Atoms, rng: np.random.Generator, rattle: tuple[float, float] = STEP4_RATTLE,
             min_dist: float = MIN_DISTANCE, tries: int = 100) -> Atoms:
@@ -339,6 +332,6 @@ def make_demo_assets(data_dir: str | Path = DATA_DIR, n_step4: int = 300, train:
         model = train_demo_model(data_dir / "cuag_mace.model")
         card = {"description": "Cu-Ag MACE teacher trained on EMT labels (pyacemaker demo)",
                 "train": {"n_structures": 200, "seed": TRAIN_SEED, "atoms_per_cell": 32},
-                "test_vs_emt": teacher_errors(model), "mace_run_train": MACE_RECIPE}
+                "test_vs_emt": teacher_vs_emt(model), "mace_run_train": MACE_RECIPE}
         (data_dir / "cuag_mace.json").write_text(json.dumps(card, indent=1))
     return card

@@ -17,28 +17,28 @@ import pandas as pd
 from . import __version__
 from .domain_models.config import LabelingConfig, PipelineConfig, PyacemakerError
 from .oracle.chunked_run import LabelingSummary, RunFiles, input_fingerprint, label_file
+from .kit.layout import Deliverables, base_set, delivered_key, fit_dir, reports_dir
+from .oracle.distributed import Cluster
 from .oracle.mace_wrapper import MaceSurrogate
-from .report.parity import format_summary, reports_dir, write_report
+from .report.parity import format_summary, write_report
 from .report.validate import format_validation, validate, validation_files
-from .trainer.ace_trainer import (Deliverables, FitResult, ITrainer, PacemakerWrapper, recover_delivery,
-                                            split_train_test)
+from .trainer.ace_trainer import FitResult, ITrainer, PacemakerWrapper, split_train_test
 from .trainer.linear_fit import LinearAceTrainer
 from .utils.io import (ExistingOutput, MissingInput, StructureError, check_training_set, file_sha256, iter_frames,
                                  read_json, run_lock, table_row, write_pacemaker_extxyz, write_training_table)
 
 # %% auto #0
-__all__ = ['label', 'run_step5', 'step5_status', 'reference_energies', 'check_config', 'fit_key', 'fit_dir', 'fit_tables',
+__all__ = ['label', 'run_step5', 'step5_status', 'reference_energies', 'check_config', 'fit_key', 'fit_tables',
            'write_fit_inputs', 'trainer_for', 'run_step6', 'run_pipeline', 'format_pipeline']
 
 # %% ../nbs/05_orchestrator.ipynb #d41bca3e
 def label(input: str | Path, output: str | Path, labeling: LabelingConfig, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, on_chunk: Callable[[int, int], None] | None = None, scheduler: str | None = None,
-          workers: int | None = None) -> LabelingSummary:
-    "Label an extxyz file with the MACE surrogate of `labeling`: here, or on dask workers when a scheduler or workers are given."
-    if scheduler is not None or workers is not None:
+          progress: bool = True, on_chunk: Callable[[int, int], None] | None = None, cluster: Cluster = Cluster()) -> LabelingSummary:
+    "Label an extxyz file with the MACE surrogate of `labeling`: here, or on dask workers when `cluster` names a scheduler or workers."
+    if cluster.wanted:
         from pyacemaker.oracle.distributed import label_file_distributed
         return label_file_distributed(input, output, labeling, resume=resume, overwrite=overwrite, progress=progress,
-                                      scheduler=scheduler, workers=workers, on_chunk=on_chunk)
+                                      scheduler=cluster.scheduler, workers=cluster.workers, client=cluster.client, on_chunk=on_chunk)
     surrogate = MaceSurrogate.from_config(labeling)
     return label_file(input, output, surrogate, chunk_size=labeling.chunk_size, resume=resume, overwrite=overwrite,
                       progress=progress, on_chunk=on_chunk, min_distance=labeling.min_distance,
@@ -49,7 +49,7 @@ def run_step5(cfg: PipelineConfig, resume: bool = False, overwrite: bool = False
               workers: int | None = None) -> LabelingSummary:
     "Label the step-4 structures with the MACE surrogate and write the step-5 file."
     return label(cfg.path(cfg.step4_file), cfg.path(cfg.step5_file), cfg.labeling, resume, overwrite, progress, on_chunk,
-                 scheduler, workers)
+                 Cluster(scheduler, workers))
 
 # %% ../nbs/05_orchestrator.ipynb #647fdec8
 def step5_status(cfg: PipelineConfig) -> tuple[bool, str]:
@@ -89,6 +89,8 @@ def check_config(cfg: PipelineConfig) -> str:
     step4, step5, e0 = cfg.path(cfg.step4_file), cfg.path(cfg.step5_file), reference_energies(cfg, surrogate)
     if step5.exists() and not RunFiles(step5).partial.exists():
         fit_tables(cfg, e0)                                            # step 6's pre-flight, on the labels there
+    if cfg.refine.seeds is not None and not Path(cfg.refine.seeds).is_file():
+        raise MissingInput(f"{cfg.refine.seeds}: refine.seeds file not found")
     done, why = step5_status(cfg)
     lines = [f"work_dir: {cfg.work_dir}",
              f"step 5: label {step4}{'' if step4.exists() else ' (NOT FOUND yet)'} -> {step5} ({why})",
@@ -123,10 +125,6 @@ def _fit_identity(cfg: PipelineConfig) -> tuple[dict[str, float], str]:
     e0 = reference_energies(cfg, surrogate)
     return e0, fit_key(cfg, e0)
 
-def fit_dir(cfg: PipelineConfig, key: str | None = None) -> Path:
-    "pacemaker's run folders (`work_dir/fit`), or the one of a fit key."
-    return cfg.work_dir / "fit" if key is None else cfg.work_dir / "fit" / key[:12]
-
 def fit_tables(cfg: PipelineConfig, e0: dict[str, float]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     "The step-5 labels as pacemaker's train/test tables, every frame checked and the set pre-flighted."
     step5, tr = cfg.path(cfg.step5_file), cfg.training
@@ -155,11 +153,6 @@ def trainer_for(cfg: PipelineConfig, progress: bool = True, executable: str = "p
     return PacemakerWrapper(cfg.training, executable=executable, threads=threads, progress=progress)
 
 # %% ../nbs/05_orchestrator.ipynb #be2e1011
-def _delivered_key(d: Deliverables) -> str | None:
-    "The key recorded by the delivered set, if there is one."
-    recover_delivery(d)
-    return read_json(d.manifest).get("key")
-
 def _remove_other_runs(cfg: PipelineConfig, key: str) -> None:
     "Remove the run folders of other fit keys (superseded scratch space)."
     for p in fit_dir(cfg).glob("*"):
@@ -168,9 +161,9 @@ def _remove_other_runs(cfg: PipelineConfig, key: str) -> None:
 def run_step6(cfg: PipelineConfig, overwrite: bool = False, resume: bool = False, dry_run: bool = False,
               progress: bool = True, executable: str = "pacemaker", threads: int | None = None) -> FitResult:
     "Fit an ACE potential to the step-5 labels; deliver `models/ace_base.yace` and its set."
-    d = Deliverables.of(cfg.path(cfg.ace_model_file))
+    d = base_set(cfg)
     e0, key = _fit_identity(cfg)
-    delivered, run_dir = _delivered_key(d), fit_dir(cfg, key)
+    delivered, run_dir = delivered_key(d), fit_dir(cfg, key)
     if resume:
         if delivered == key: raise ExistingOutput(f"{d.yace} is already fitted to these labels and settings; nothing to resume")
         if not (run_dir / "checkpoint.yaml").exists():
@@ -180,7 +173,7 @@ def run_step6(cfg: PipelineConfig, overwrite: bool = False, resume: bool = False
         raise ExistingOutput(f"{d.yace} already exists ({state}); refusing to overwrite a finished potential (use --overwrite)")
     with run_lock(fit_dir(cfg) / f"{key[:12]}.lock", "pyacemaker fit"):
         train_file, test_file = write_fit_inputs(cfg, run_dir, e0)
-        result = trainer_for(cfg, progress, executable, threads).fit(train_file, test_file, run_dir, d, e0, key=key,
+        result = trainer_for(cfg, progress, executable, threads).fit((train_file, test_file), run_dir, d, e0, record={"key": key},
                                                                      overwrite=True, resume=resume, dry_run=dry_run)
     if not dry_run: _remove_other_runs(cfg, key)
     return result
@@ -198,9 +191,8 @@ def _validation_current(cfg: PipelineConfig, d: Deliverables) -> bool:
     return (recorded is not None and d.manifest.exists() and recorded == file_sha256(d.manifest)
             and saved.get("settings") == cfg.validation.model_dump(mode="json"))
 
-def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                 executable: str = "pacemaker", scheduler: str | None = None, workers: int | None = None,
-                 report: bool = True, speed: bool = True, validation: bool = True) -> dict:
+def run_pipeline(cfg: PipelineConfig, overwrite: bool = False, progress: bool = True, executable: str = "pacemaker",
+                 cluster: Cluster = Cluster(), report: bool = True, speed: bool = True, validation: bool = True) -> dict:
     "Step 5, step 6, the report and the validation, each redone only if its inputs changed (all of them with `overwrite`)."
     out = {"labels": None, "fit": None, "report": None, "validation": None, "reused": [], "timings": {}}
     t = time.perf_counter()
@@ -208,11 +200,11 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = Fa
     if done5 and not overwrite: out["reused"].append(f"step 5 ({why5})")
     else:
         partial = RunFiles(cfg.path(cfg.step5_file)).partial.exists()
-        out["labels"] = run_step5(cfg, resume=partial and not overwrite, overwrite=True, progress=progress,
-                                  scheduler=scheduler, workers=workers)
+        out["labels"] = label(cfg.path(cfg.step4_file), cfg.path(cfg.step5_file), cfg.labeling, resume=partial and not overwrite,
+                              overwrite=True, progress=progress, cluster=cluster)
     out["timings"]["label_s"], t = time.perf_counter() - t, time.perf_counter()
-    d, (_, key) = Deliverables.of(cfg.path(cfg.ace_model_file)), _fit_identity(cfg)
-    if _delivered_key(d) == key and not overwrite: out["reused"].append("step 6 (potential up to date)")
+    d, (_, key) = base_set(cfg), _fit_identity(cfg)
+    if delivered_key(d) == key and not overwrite: out["reused"].append("step 6 (potential up to date)")
     else:
         interrupted = (fit_dir(cfg, key) / "checkpoint.yaml").exists() and not overwrite
         out["fit"] = run_step6(cfg, overwrite=True, resume=interrupted, progress=progress, executable=executable)

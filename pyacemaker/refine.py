@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 import uuid
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -20,50 +20,34 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import yaml
-from ase import Atoms, units
-from ase.constraints import FixCom
-from ase.md.langevin import Langevin
-from ase.md.nptberendsen import NPTBerendsen
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase import Atoms
 
 from . import __version__
-from .domain_models.config import PipelineConfig, PyacemakerError
+from .domain_models.config import PipelineConfig, PyacemakerError, RefineConfig
+from .kit.calculators import ace_calculator, ace_from_bytes, import_pyace, root_logger_kept
+from .kit.dynamics import Stop, Thermostat, run_dynamics
+from .kit.errors import calculator_errors
+from .kit.layout import (Deliverables, DeliveryError, base_set, delivered_key, iteration_dir,
+                                   open_delivered, refine_dir, refine_lock, refined_set, reports_dir)
 from .oracle.chunked_run import RunFiles
-from .oracle.distributed import dask_client, label_file_distributed
+from .oracle.distributed import Cluster, label_file_distributed
 from .orchestrator import fit_tables, label, trainer_for
-from .report.md import TRACE_KEYS, md_calculator, md_stable, md_structures, min_distance, min_distance_threshold
-from .report.parity import reports_dir
-from .trainer.ace_trainer import Deliverables, DeliveryError, PacemakerWrapper, import_pyace, open_delivered, root_logger_kept
-from .utils.io import (atomic_output, file_sha256, frame_labels, frame_problem, iter_frames,
-                       periodic_equivalent, read_json, run_lock, table_row, where, write_frames, write_training_table)
+from .trainer.ace_trainer import PacemakerWrapper
+from .report.md import TRACE_KEYS, md_stable, md_structures, min_distance_threshold, trace_row
+from .utils.io import (atomic_output, file_sha256, frame_labels, frame_problem, iter_frames, periodic_equivalent,
+                                 read_json, run_lock, table_row, where, write_frames, write_json, write_training_table)
 
 # %% auto #0
-__all__ = ['REFINED_NAME', 'RefineError', 'refine_dir', 'iteration_dir', 'base_set', 'refined_set', 'seed_structures', 'walk',
-           'evenly', 'walker_plan', 'walker_seed', 'run_walker', 'student_from_bytes', 'explore', 'select_d_optimal',
-           'label_once', 'potential_errors', 'label_errors', 'table_errors', 'Upfit', 'refine_trainer', 'refine_tables',
-           'refine', 'plot_refine', 'format_refine']
+__all__ = ['RefineError', 'seed_structures', 'walk', 'evenly', 'walker_plan', 'walker_seed', 'run_walker', 'Hooks', 'explore',
+           'select_d_optimal', 'label_once', 'potential_errors', 'label_errors', 'table_errors', 'Upfit',
+           'refine_trainer', 'refine_tables', 'identity_changes', 'check_resumable', 'refine', 'plot_refine',
+           'format_refine']
 
 # %% ../nbs/05a_refine.ipynb #c1f615f6
 class RefineError(PyacemakerError):
     "The loop cannot start or continue: a missing base potential, bad seeds, a refine folder of other settings."
 
-REFINED_NAME = "ace_refined"
 
-def refine_dir(cfg: PipelineConfig) -> Path:
-    "The loop's folder, `work_dir/refine`."
-    return cfg.work_dir / "refine"
-
-def iteration_dir(cfg: PipelineConfig, k: int) -> Path:
-    "The folder of iteration `k` (`refine/iter_NNN`)."
-    return refine_dir(cfg) / f"iter_{k:03d}"
-
-def base_set(cfg: PipelineConfig) -> Deliverables:
-    "The delivered step-6 set (`models/ace_base.*`): the loop's start, never written."
-    return Deliverables.of(cfg.path(cfg.ace_model_file))
-
-def refined_set(cfg: PipelineConfig) -> Deliverables:
-    "The refined set, `models/ace_refined.*`, beside the base set."
-    return Deliverables(base_set(cfg).models_dir, REFINED_NAME)
 
 # %% ../nbs/05a_refine.ipynb #7a320693
 def seed_structures(cfg: PipelineConfig, seeds: str | Path | None = None) -> list[tuple[str, Atoms]]:
@@ -89,9 +73,6 @@ def seed_structures(cfg: PipelineConfig, seeds: str | Path | None = None) -> lis
     return out
 
 # %% ../nbs/05a_refine.ipynb #062740f5
-class _Stop(Exception):
-    "Raised by a walker's observer to end the run."
-
 def _frame(at: Atoms, seed: Atoms, info: dict) -> Atoms:
     "A copy of the MD frame in the seed's own cell and periodicity (slabs and clusters were run in a padded cell)."
     out = Atoms(at.get_chemical_symbols(), positions=at.positions.copy(),
@@ -99,45 +80,29 @@ def _frame(at: Atoms, seed: Atoms, info: dict) -> Atoms:
     out.info.update(info)
     return out
 
-def walk(calc, seed: Atoms, temperature_K: float, steps: int, cutoff: float, *, gamma_every: int = 10,
-         gamma_select: float = 2.0, gamma_stop: float = 10.0, min_distance_A: float = 0.0, timestep_fs: float = 2.0,
-         friction_per_fs: float = 0.01, npt: bool = False, seed_rng: int = 0, info: dict | None = None) -> dict:
-    "One walker: MD with `calc` (student + active set) from `seed`; trace (`TRACE_KEYS`), observed frames, candidates, why it stopped."
-    at = periodic_equivalent(seed, cutoff); at.calc = calc; at.set_constraint(FixCom())
-    rng = np.random.default_rng(seed_rng)
-    with warnings.catch_warnings():   # ASE 3.29 deprecates the name, not the function
-        warnings.simplefilter("ignore", DeprecationWarning)
-        MaxwellBoltzmannDistribution(at, temperature_K=temperature_K, rng=rng)
-    Stationary(at)
-    rec, frames, candidates = {k: [] for k in TRACE_KEYS}, [], []
-    state = {"n": 0, "stop": "finished"}
-    def observe(dyn):
-        e, d = at.get_potential_energy(), min_distance(at)
-        gamma = calc.results.get("gamma")
-        g = float(np.max(gamma)) if gamma is not None and len(gamma) else float("nan")
-        T, t = at.get_temperature(), dyn.get_time() / units.fs
-        for k, v in zip(TRACE_KEYS, (t, "nvt", g, d, T, e, e + at.get_kinetic_energy())): rec[k].append(v)
-        step = state["n"] * gamma_every; state["n"] += 1
+def walk(calc, seed: Atoms, temperature_K: float, r: RefineConfig, cutoff: float, min_distance_A: float = 0.0,
+         seed_rng: int = 0, info: dict | None = None) -> dict:
+    "One walker (`run_dynamics`): MD with `calc` (student + active set) from `seed` under the settings `r`; trace, frames, candidates, why it stopped."
+    rec, frames, candidates, state = {k: [] for k in TRACE_KEYS}, [], [], {"stop": "finished", "last": -1}
+    def observe(at, phase, time_fs, step):
+        row = trace_row(at, calc, phase, time_fs)
+        for k, v in zip(TRACE_KEYS, row): rec[k].append(v)
+        g, d, T, e = row[2], row[3], row[4], row[5]
+        state["last"] = step
         physical = np.isfinite(e) and np.isfinite(d) and d >= min_distance_A
         frame = _frame(at, seed, {**(info or {}), "refine_step": step, "refine_gamma": g, "refine_T": float(temperature_K)})
         if physical: frames.append(frame)
-        if physical and g > gamma_select: candidates.append(frame)
-        if not physical: state["stop"] = "NaN" if not np.isfinite(e) else f"atoms {d:.2f} Å apart at step {step}"; raise _Stop
-        if g > gamma_stop: state["stop"] = f"γ {g:.1f} > {gamma_stop:g} at step {step}"; raise _Stop
-        if step >= steps / 2 and T > 2 * temperature_K: state["stop"] = f"T {T:.0f} K at step {step}"; raise _Stop
+        if physical and g > r.gamma_select: candidates.append(frame)
+        if not physical: state["stop"] = "NaN" if not np.isfinite(e) else f"atoms {d:.2f} Å apart at step {step}"; raise Stop
+        if g > r.gamma_stop: state["stop"] = f"γ {g:.1f} > {r.gamma_stop:g} at step {step}"; raise Stop
+        if step >= r.steps / 2 and T > 2 * temperature_K: state["stop"] = f"T {T:.0f} K at step {step}"; raise Stop
     t0 = time.perf_counter()
-    if npt and seed.pbc.all():
-        dyn = NPTBerendsen(at, timestep_fs * units.fs, temperature_K=temperature_K, pressure_au=0.0, taut=100 * units.fs,
-                           taup=1000 * units.fs, compressibility_au=4.57e-5 / units.bar)
-    else:
-        dyn = Langevin(at, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction_per_fs / units.fs,
-                       fixcm=False, rng=rng)
-    dyn.attach(observe, gamma_every, dyn)
-    try: dyn.run(steps)
-    except _Stop: pass
+    kind = "npt" if r.npt and seed.pbc.all() else "nvt"
+    run_dynamics(periodic_equivalent(seed, cutoff), calc, Thermostat(temperature_K, r.timestep_fs, r.friction_per_fs, seed_rng),
+                 [(kind, r.steps)], observe, r.gamma_every)
     trace = {k: np.array(v) for k, v in rec.items()}
-    trace.update(n_atoms=len(at), target_K=float(temperature_K), timestep_fs=float(timestep_fs),
-                 steps=int((state["n"] - 1) * gamma_every), wall_s=time.perf_counter() - t0)
+    trace.update(n_atoms=len(seed), target_K=float(temperature_K), timestep_fs=float(r.timestep_fs),
+                 steps=int(max(state["last"], 0)), wall_s=time.perf_counter() - t0)
     stable, why = md_stable(trace, min_distance_A) if len(trace["time_fs"]) else (False, "no step")
     finished = state["stop"] == "finished"
     return {"trace": trace, "frames": frames, "candidates": candidates, "stop": state["stop"],
@@ -160,17 +125,10 @@ def walker_seed(base_seed: int, iteration: int, walker: int) -> int:
     "The random seed of one walker in one round: distinct for every walker and round, reproducible."
     return int(np.random.SeedSequence([base_seed, iteration, walker]).generate_state(1)[0])
 
-def _write_json(path: Path, record: dict) -> Path:
-    "Write a small JSON record atomically."
-    with atomic_output(path, overwrite=True) as tmp: tmp.write_text(json.dumps(record, indent=1))
-    return path
-
 def run_walker(calc, seed: Atoms, plan: dict, r, cutoff: float, iteration: int, min_distance_A: float,
                rng_seed: int) -> tuple[dict, list[Atoms], list[Atoms]]:
     "One walker of a round (`plan`, `walker_plan`'s row; `r`, the refine settings): its record, candidates and error sample."
-    w = walk(calc, seed, plan["temperature_K"], r.steps, cutoff, gamma_every=r.gamma_every, gamma_select=r.gamma_select,
-             gamma_stop=r.gamma_stop, min_distance_A=min_distance_A, timestep_fs=r.timestep_fs,
-             friction_per_fs=r.friction_per_fs, npt=r.npt, seed_rng=rng_seed,
+    w = walk(calc, seed, plan["temperature_K"], r, cutoff, min_distance_A, rng_seed,
              info={"walker": plan["id"], "seed": plan["seed"], "iteration": iteration})
     rec = {**plan, "stable": w["stable"], "stop": w["stop"], "reason": w["reason"], "max_gamma": w["max_gamma"],
            "steps": w["trace"]["steps"], "n_frames": len(w["frames"]), "n_candidates": len(w["candidates"]),
@@ -178,28 +136,15 @@ def run_walker(calc, seed: Atoms, plan: dict, r, cutoff: float, iteration: int, 
     return rec, w["candidates"], evenly(w["frames"], r.error_snapshots)
 
 # %% ../nbs/05a_refine.ipynb #a79f02f1
-_STUDENT: dict = {}     # this process's student: {"key": SHA-256 of its content, "calc": calculator, "folder": its files}
-
-def student_from_bytes(potential: tuple[bytes, bytes]):
-    "The student calculator of a potential given by content (.yaml, .asi bytes), loaded once per process: a dask worker needs no shared folder."
-    key = hashlib.sha256(potential[0] + b"|" + potential[1]).hexdigest()
-    if _STUDENT.get("key") != key:
-        import tempfile
-        if _STUDENT: shutil.rmtree(_STUDENT["folder"], ignore_errors=True)
-        folder = Path(tempfile.mkdtemp(prefix="pyacemaker-student-"))
-        (folder / "p.yaml").write_bytes(potential[0]); (folder / "p.asi").write_bytes(potential[1])
-        _STUDENT.update(key=key, calc=md_calculator(folder / "p.yaml", folder / "p.asi"), folder=folder)
-    return _STUDENT["calc"]
-
 def _walker_task(potential: tuple[bytes, bytes], *args) -> tuple[dict, list[Atoms], list[Atoms]]:
     "`run_walker` on a dask worker, with the student sent by content; the record names the worker."
     from distributed import get_worker
-    rec, candidates, sample = run_walker(student_from_bytes(potential), *args)
+    rec, candidates, sample = run_walker(ace_from_bytes(potential), *args)
     return {**rec, "worker": get_worker().address}, candidates, sample
 
 def _walkers_here(potential, tasks: list) -> Iterator[tuple]:
     "Run the pending walkers (`run_walker`'s arguments after the calculator) in this process, one after another."
-    calc = md_calculator(*potential)
+    calc = ace_calculator(*potential)
     for args in tasks:
         rec, candidates, sample = run_walker(calc, *args)
         yield {**rec, "worker": None}, candidates, sample
@@ -216,26 +161,34 @@ def _walkers_on(client, potential, tasks: list) -> Iterator[tuple]:
     finally:
         if running: client.cancel(list(running))
 
+@dataclass
+class Hooks:
+    "What the loop tells its caller: `say(line)` (progress), `on_phase(k, phase)` (a phase or walker of round `k` starts)."
+    say: Callable[[str], None] = lambda line: None
+    on_phase: Callable[[int, str], None] | None = None
+    progress: bool = False            # progress bars of the fits
+
+    def phase(self, k: int, phase: str) -> None:
+        if self.on_phase: self.on_phase(k, phase)
+
 def explore(cfg: PipelineConfig, potential: tuple[Path, Path], seeds: Sequence[tuple[str, Atoms]], out: Path,
-            iteration: int = 0, min_distance_A: float = 0.0, seed: int | None = None,
-            say: Callable[[str], None] = lambda s: None, on_walker: Callable[[str], None] | None = None,
-            client=None) -> dict:
+            iteration: int = 0, min_distance_A: float = 0.0, hooks: Hooks = Hooks(), client=None) -> dict:
     "One exploration round with the student (`potential` = .yaml, .asi) in `out`, here or on a dask `client`; finished walkers are kept, not rerun."
     out, r = Path(out), cfg.refine
     if (done := read_json(out / "explore.json")): return done
     out.mkdir(parents=True, exist_ok=True)
     plans = walker_plan(cfg, seeds)
     tasks = [(seeds[p["seed_index"]][1], p, r, cfg.training.cutoff, iteration, min_distance_A,
-              walker_seed(r.seed if seed is None else seed, iteration, n))
+              walker_seed(r.seed, iteration, n))
              for n, p in enumerate(plans) if not (out / f"walker_{p['id']}.json").exists()]
     runs = () if not tasks else _walkers_on(client, potential, tasks) if client is not None else _walkers_here(potential, tasks)
     for rec, candidates, sample in runs:
         write_frames(candidates, out / f"walker_{rec['id']}.candidates.xyz", overwrite=True)
         write_frames(sample, out / f"walker_{rec['id']}.sample.xyz", overwrite=True)
-        _write_json(out / f"walker_{rec['id']}.json", rec)                       # last: marks the walker finished
-        say(f"  walker {rec['id']} ({rec['seed']}, {rec['temperature_K']:g} K): {rec['steps']} steps, max γ {rec['max_gamma']:.2f}, "
+        write_json(out / f"walker_{rec['id']}.json", rec)                       # last: marks the walker finished
+        hooks.say(f"  walker {rec['id']} ({rec['seed']}, {rec['temperature_K']:g} K): {rec['steps']} steps, max γ {rec['max_gamma']:.2f}, "
             f"{rec['n_candidates']} candidates, {'stable' if rec['stable'] else 'stopped: ' + rec['reason']}")
-        if on_walker: on_walker(rec["id"])
+        hooks.phase(iteration, f"walker {rec['id']}")
     walkers = [read_json(out / f"walker_{p['id']}.json") for p in plans]
     for kind in ("candidates", "sample"):
         frames = [a for w in walkers for a in iter_frames(out / f"walker_{w['id']}.{kind}.xyz")]
@@ -244,7 +197,7 @@ def explore(cfg: PipelineConfig, potential: tuple[Path, Path], seeds: Sequence[t
                "n_candidates": sum(w["n_candidates"] for w in walkers), "all_stable": all(w["stable"] for w in walkers),
                "max_gamma": max((w["max_gamma"] for w in walkers if np.isfinite(w["max_gamma"])), default=float("nan")),
                "wall_s": sum(w["wall_s"] for w in walkers)}
-    _write_json(out / "explore.json", summary)
+    write_json(out / "explore.json", summary)
     return summary
 
 # %% ../nbs/05a_refine.ipynb #507d1a51
@@ -282,16 +235,10 @@ def label_once(cfg: PipelineConfig, src: Path, dst: Path, client=None) -> Path |
     return dst
 
 # %% ../nbs/05a_refine.ipynb #460201e9
-def _rmse(x) -> float: return float(np.sqrt(np.mean(np.square(np.concatenate(x))))) if len(x) else float("nan")
-
 def potential_errors(potential_yaml: str | Path, structures: Sequence[Atoms], energies: Sequence[float],
                      forces: Sequence[np.ndarray], cutoff: float) -> dict:
     "RMSE of a potential (.yaml: E − ΣE0) against reference energies E − ΣE0 (eV) and forces (eV/Å): meV/atom, meV/Å."
-    calc, de, df = md_calculator(potential_yaml), [], []
-    for atoms, e, f in zip(structures, energies, forces):
-        at = periodic_equivalent(atoms, cutoff); at.calc = calc
-        de.append([(at.get_potential_energy() - e) / len(at)]); df.append((at.get_forces() - np.asarray(f)).ravel())
-    return {"energy_rmse_meV_per_atom": 1e3 * _rmse(de), "forces_rmse_meV_per_A": 1e3 * _rmse(df), "n_structures": len(de)}
+    return calculator_errors(ace_calculator(potential_yaml), [periodic_equivalent(a, cutoff) for a in structures], energies, forces)
 
 def label_errors(potential_yaml: str | Path, labeled: str | Path, e0: dict[str, float], cutoff: float) -> dict:
     "`potential_errors` against a file labeled by the teacher."
@@ -326,15 +273,16 @@ def refine_tables(cfg: PipelineConfig, e0: dict[str, float], labeled: Sequence[P
     "Training and test tables of an upfit: step 6's split of the step-5 labels, every refinement label added to training."
     train, test = fit_tables(cfg, e0)
     tr = cfg.training
-    rows = [table_row(a, e0, tr.elements, tr.cutoff, p, i) for p in labeled for i, a in enumerate(iter_frames(p))]
+    rows = [{**table_row(a, e0, tr.elements, tr.cutoff, p, i), "name": f"{Path(p).parent.name}/{Path(p).name}:{i}"}
+            for p in labeled for i, a in enumerate(iter_frames(p))]          # iter_000/labeled.xyz:3: unique across rounds
     return (pd.concat([train, pd.DataFrame(rows)], ignore_index=True) if rows else train), test
 
 # %% ../nbs/05a_refine.ipynb #fb684d3d
 def _seeds_sha(seeds: Sequence[tuple[str, Atoms]]) -> str:
-    "SHA-256 of the seed structures (names, symbols, positions, cells, periodicity)."
+    "SHA-256 of the seed structures' content (symbols, positions, cells, periodicity): the same seeds under another file name are the same."
     h = hashlib.sha256()
-    for name, a in seeds:
-        h.update(name.encode()); h.update(" ".join(a.get_chemical_symbols()).encode())
+    for _, a in seeds:
+        h.update(" ".join(a.get_chemical_symbols()).encode())
         for arr in (a.positions, a.cell.array, a.pbc): h.update(np.ascontiguousarray(arr, dtype=float).tobytes())
     return h.hexdigest()
 
@@ -352,34 +300,148 @@ def _fit_key(train: Path, test: Path | None, cfg: PipelineConfig, k: int) -> str
     return "refine-" + hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 # %% ../nbs/05a_refine.ipynb #26e6cc5a
-def _phase(state_file: Path, state: dict, k: int, phase: str, say, on_phase) -> None:
-    "Record that the loop is in `phase` of iteration `k` (state.json, atomically), say it, call the test hook."
-    state.update(iteration=k, phase=phase, time=time.strftime("%Y-%m-%d %H:%M:%S"))
-    _write_json(state_file, state)
-    if on_phase: on_phase(k, phase)
+_NAMED = {"base_manifest_sha256": "ace_base was refit since", "seeds_sha256": "other seed structures",
+          "teacher_sha256": "another teacher model (labeling.model)"}
 
-def _fit_iteration(cfg: PipelineConfig, k: int, e0: dict, potential: tuple[Path, Path], progress: bool,
-                   executable: str) -> tuple[Path, Path]:
-    "Tables, (up)fit and delivery of iteration `k`; returns the new potential (.yaml, .asi) in the fit folder."
-    run, d = iteration_dir(cfg, k) / "fit", refined_set(cfg)
-    train_file, test_file = run / "train.pckl.gzip", run / "test.pckl.gzip"
+def identity_changes(old: dict, new: dict) -> list[str]:
+    "What differs between the identity of a refine folder and the current one, one phrase per setting."
+    out = []
+    for key in new:
+        a, b = old.get(key), new[key]
+        if a == b: continue
+        if key in _NAMED: out.append(_NAMED[key])
+        elif isinstance(b, dict):
+            for f in b:
+                if (a or {}).get(f) == b[f]: continue
+                if key == "training" and f == "mock":
+                    out.append(f"the earlier run was {'' if (a or {}).get(f) else 'not '}--mock")
+                else: out.append(f"{key}.{f} {(a or {}).get(f)} → {b[f]}")
+        else: out.append(f"labeling.{key} {a} → {b}")
+    return out
+
+# %% ../nbs/05a_refine.ipynb #90c3000a
+@dataclass
+class _Run:
+    "What every phase of the loop needs."
+    cfg: PipelineConfig
+    e0: dict
+    threshold: float                 # closest approach (Å) of a physical frame
+    test: pd.DataFrame | None        # step 6's held-out table
+    state: dict                      # state.json: identity, iteration, phase
+    hooks: Hooks
+    client: object = None            # dask client, or None: here
+    executable: str = "pacemaker"
+
+    def phase(self, k: int, phase: str) -> None:
+        "Record that the loop is in `phase` of round `k` (state.json, atomically) and call the hook."
+        self.state.update(iteration=k, phase=phase, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+        write_json(refine_dir(self.cfg) / "state.json", self.state)
+        self.hooks.phase(k, phase)
+
+def _timed(rec: dict, phase: str, t0: float) -> None:
+    "Add the time since `t0` to the record's wall time of `phase`."
+    rec["wall_s"][phase] = rec["wall_s"].get(phase, 0.0) + time.perf_counter() - t0
+
+# %% ../nbs/05a_refine.ipynb #9dded9aa
+def _explore_phase(run: _Run, k: int, rec: dict, potential: tuple[Path, Path], seeds) -> dict:
+    "Round `k`'s walkers (kept if finished); their summary goes into the record."
+    t0 = time.perf_counter(); run.phase(k, "explore")
+    ex = explore(run.cfg, potential, seeds, iteration_dir(run.cfg, k) / "explore", k, run.threshold, run.hooks, run.client)
+    if "explore" not in rec["wall_s"]: _timed(rec, "explore", t0)
+    rec.update(candidates=ex["n_candidates"], walkers_stable=sum(w["stable"] for w in ex["walkers"]),
+               walkers=len(ex["walkers"]), all_stable=ex["all_stable"], max_gamma=ex["max_gamma"],
+               max_gamma_by_walker={w["id"]: w["max_gamma"] for w in ex["walkers"]},
+               walker_seeds={w["id"]: [w["seed"], w["temperature_K"]] for w in ex["walkers"]})
+    run.hooks.say(f"round {k}: {rec['walkers']} walkers, {rec['walkers_stable']} stable, max γ {ex['max_gamma']:.2f}, "
+                  f"{ex['n_candidates']} candidates")
+    return ex
+
+def _errors_phase(run: _Run, k: int, rec: dict, potential: tuple[Path, Path]) -> None:
+    "The student against the teacher on frames of its own MD (before it learns them) and on the held-out table."
+    it = iteration_dir(run.cfg, k)
+    t0 = time.perf_counter(); run.phase(k, "teacher errors")
+    if "teacher_errors" not in rec:
+        sample = label_once(run.cfg, it / "explore" / "sample.xyz", it / "sample_labeled.xyz", run.client)
+        rec["teacher_errors"] = label_errors(potential[0], sample, run.e0, run.cfg.training.cutoff) if sample else None
+        rec["test_errors"] = table_errors(potential[0], run.test, run.cfg.training.cutoff) if run.test is not None else None
+        _timed(rec, "teacher_errors", t0); write_json(it / "record.json", rec)
+    te = rec["teacher_errors"] or {}
+    run.hooks.say(f"round {k}: student vs teacher on its own MD: forces {te.get('forces_rmse_meV_per_A', float('nan')):.1f} meV/Å, "
+                  f"energy {te.get('energy_rmse_meV_per_atom', float('nan')):.2f} meV/atom")
+
+def _select_phase(run: _Run, k: int, rec: dict, potential: tuple[Path, Path]) -> int:
+    "At most `refine.max_new` candidates by D-optimality against the student's active set; how many."
+    it, r = iteration_dir(run.cfg, k), run.cfg.refine
+    t0 = time.perf_counter(); run.phase(k, "select")
+    if not (it / "selected.xyz").exists():
+        cands = list(iter_frames(it / "explore" / "candidates.xyz"))
+        picked = select_d_optimal(cands, potential[0], potential[1], r.max_new, run.cfg.training.cutoff)
+        write_frames([cands[i] for i in picked], it / "selected.xyz", overwrite=True); _timed(rec, "select", t0)
+    rec["selected"] = sum(1 for _ in iter_frames(it / "selected.xyz"))
+    run.hooks.say(f"round {k}: selected {rec['selected']} of {rec['candidates']} candidates (D-optimality against the active set)")
+    return rec["selected"]
+
+def _label_phase(run: _Run, k: int, rec: dict) -> None:
+    "The teacher's labels of the selected structures."
+    it = iteration_dir(run.cfg, k)
+    t0 = time.perf_counter(); run.phase(k, "label")
+    if "label" not in rec["wall_s"]: label_once(run.cfg, it / "selected.xyz", it / "labeled.xyz", run.client); _timed(rec, "label", t0)
+    write_json(it / "record.json", rec)
+
+def _fit_phase(run: _Run, k: int, rec: dict, potential: tuple[Path, Path]) -> tuple[Path, Path]:
+    "The upfit of round `k` and the delivery of `ace_refined`; a round fitted before is read back."
+    t0 = time.perf_counter(); run.phase(k, "fit")
+    fit = iteration_dir(run.cfg, k) / "fit"
+    if rec.get("fitted"): return fit / "output_potential.yaml", fit / "output_potential.asi"   # delivery: checked at the loop's end
+    potential = _fit_iteration(run, k, potential)
+    rec["fitted"] = True; _timed(rec, "fit", t0)
+    run.hooks.say(f"round {k}: {'up' if run.cfg.refine.refit == 'upfit' and not run.cfg.training.mock else 're'}fitted with "
+                  f"{rec['selected']} new structures -> {refined_set(run.cfg).yace}")
+    write_json(iteration_dir(run.cfg, k) / "record.json", rec)
+    return potential
+
+# %% ../nbs/05a_refine.ipynb #a0776c10
+def _fit_iteration(run: _Run, k: int, potential: tuple[Path, Path]) -> tuple[Path, Path]:
+    "Tables, (up)fit and delivery of round `k`, unless `ace_refined` is already (an intact copy of) this round's fit."
+    cfg = run.cfg
+    fit, d = iteration_dir(cfg, k) / "fit", refined_set(cfg)
+    train_file, test_file = fit / "train.pckl.gzip", fit / "test.pckl.gzip"
     if not train_file.exists():
         labeled = [p for j in range(k + 1) if (p := iteration_dir(cfg, j) / "labeled.xyz").exists()]
-        train, test = refine_tables(cfg, e0, labeled)
+        train, test = refine_tables(cfg, run.e0, labeled)
         if test is not None: write_training_table(test, test_file, overwrite=True)
         write_training_table(train, train_file, overwrite=True)         # last: marks the tables complete
     test_file = test_file if test_file.exists() else None
     key = _fit_key(train_file, test_file, cfg, k)
-    if read_json(d.manifest).get("key") != key:
-        initial = run.parent / "initial_potential.yaml"
+    if delivered_key(d) != key:                                      # checks every file; restores from the run folder
+        initial = fit.parent / "initial_potential.yaml"
         if not initial.exists():
             with atomic_output(initial) as tmp: tmp.write_bytes(Path(potential[0]).read_bytes())
-        trainer = refine_trainer(cfg, initial, progress, executable)
-        resume = isinstance(trainer, PacemakerWrapper) and (run / "checkpoint.yaml").exists()
-        trainer.fit(train_file, test_file, run, d, e0, key=key, overwrite=True, resume=resume)
-    return run / "output_potential.yaml", run / "output_potential.asi"
+        trainer = refine_trainer(cfg, initial, run.hooks.progress, run.executable)
+        resume = isinstance(trainer, PacemakerWrapper) and (fit / "checkpoint.yaml").exists()
+        trainer.fit((train_file, test_file), fit, d, run.e0, record={"key": key, "base_manifest_sha256": file_sha256(base_set(cfg).manifest)},
+                    overwrite=True, resume=resume)
+    return fit / "output_potential.yaml", fit / "output_potential.asi"
 
-# %% ../nbs/05a_refine.ipynb #81647a6a
+# %% ../nbs/05a_refine.ipynb #2b400bc6
+def _round(run: _Run, k: int, potential: tuple[Path, Path], seeds) -> tuple[dict, tuple[Path, Path], str]:
+    "Round `k`: explore, errors, then (unless it is the last) select, label, fit; the record, the new student, why the loop stops ('' = go on)."
+    it, r = iteration_dir(run.cfg, k), run.cfg.refine
+    rec = read_json(it / "record.json") or {"iteration": k, "potential": str(potential[0]), "wall_s": {}}
+    rec.pop("final", None)                             # a round that was last of fewer iterations may go on now
+    ex = _explore_phase(run, k, rec, potential, seeds)
+    _errors_phase(run, k, rec, potential)
+    stop = ("converged: no candidate, every walker stable" if ex["n_candidates"] == 0 and ex["all_stable"] else
+            f"{r.iterations} iterations done" if k == r.iterations else "")
+    if not stop and _select_phase(run, k, rec, potential) == 0: stop = "no candidate adds information to the active set"
+    if stop:
+        rec.setdefault("selected", 0); rec["final"] = True
+        write_json(it / "record.json", rec)
+        return rec, potential, stop
+    _label_phase(run, k, rec)
+    return rec, _fit_phase(run, k, rec, potential), ""
+
+# %% ../nbs/05a_refine.ipynb #5f3b70bf
 @contextlib.contextmanager
 def _keeping(folder: Path, state: dict):
     "On an interrupt or error inside the loop: note what is kept and that the same command continues."
@@ -390,98 +452,69 @@ def _keeping(folder: Path, state: dict):
                          f"phase {state['phase']}); the same command continues from there")
         raise
 
-def _where(scheduler: str | None, workers: int | None, client):
-    "A dask client for the walkers and teacher labels (a scheduler, local workers or a client), else a context of None."
-    if scheduler is None and workers is None and client is None: return contextlib.nullcontext(None)
-    return dask_client(scheduler, workers, client)
+# %% ../nbs/05a_refine.ipynb #0e81cad4
+def _upfits_done(cfg: PipelineConfig) -> int:
+    "How many rounds of the refine folder have finished their upfit."
+    return sum(1 for p in refine_dir(cfg).glob("iter_*/record.json") if read_json(p).get("fitted"))
 
-# %% ../nbs/05a_refine.ipynb #90c3000a
-def refine(cfg: PipelineConfig, seeds: str | Path | None = None, iterations: int | None = None, resume: bool = False,
-           overwrite: bool = False, progress: bool = True, executable: str = "pacemaker",
-           on_phase: Callable[[int, str], None] | None = None, scheduler: str | None = None, workers: int | None = None,
-           client=None) -> dict:
+def _claim(cfg: PipelineConfig, identity: dict, overwrite: bool) -> dict:
+    "The refine folder's state for this run (under the lock): refused if of other settings or further along, emptied by --overwrite."
+    folder = refine_dir(cfg)
+    state = read_json(folder / "state.json")
+    if state and (overwrite or state.get("identity") != identity):
+        if not overwrite:
+            raise RefineError(f"{folder}: holds a refinement of other settings "
+                              f"({'; '.join(identity_changes(state.get('identity', {}), identity))}); --overwrite starts over")
+        shutil.rmtree(folder); state = {}
+    done = _upfits_done(cfg) if state else 0
+    if done > cfg.refine.iterations:
+        raise RefineError(f"{folder}: holds {done} upfits (ace_refined is the last of them); --iterations {cfg.refine.iterations} "
+                          f"would deliver fewer: give --iterations {done} or more, or --overwrite to start over")
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"identity": identity, **{k: v for k, v in state.items() if k != "identity"}}
+
+def check_resumable(cfg: PipelineConfig) -> None:
+    "`refine --resume`: refuse when there is no refinement to resume."
+    if not read_json(refine_dir(cfg) / "state.json"): raise RefineError(f"{refine_dir(cfg)}: no refinement to resume; run without --resume")
+
+# %% ../nbs/05a_refine.ipynb #7c2d31b0
+def _finish(cfg: PipelineConfig, history: list[dict], stop: str, t0: float) -> dict:
+    "history.json, reports/refine.png and the result of the loop."
+    fitted = any(h.get("fitted") for h in history)
+    write_json(refine_dir(cfg) / "history.json", {"stop": stop, "iterations": history})
+    fig = plot_refine(history, cfg.refine)
+    reports_dir(cfg).mkdir(parents=True, exist_ok=True)
+    fig.savefig(reports_dir(cfg) / "refine.png", dpi=110); plt.close(fig)
+    return {"history": history, "stop": stop, "delivered": refined_set(cfg).yace if fitted else None, "base": base_set(cfg).yace,
+            "wall_s": time.perf_counter() - t0, "plot": reports_dir(cfg) / "refine.png"}
+
+def refine(cfg: PipelineConfig, seeds: str | Path | None = None, iterations: int | None = None, overwrite: bool = False,
+           progress: bool = True, executable: str = "pacemaker", on_phase: Callable[[int, str], None] | None = None,
+           cluster: Cluster = Cluster()) -> dict:
     "The distillation loop: explore with the student, label what it does not know, upfit, deliver `ace_refined`; resumable; walkers and labels here or on dask."
-    say = print if progress else (lambda s: None)
     if iterations is not None and iterations < 0: raise RefineError(f"--iterations must be 0 or more, got {iterations}")
     if iterations is not None: cfg = cfg.model_copy(update={"refine": cfg.refine.model_copy(update={"iterations": iterations})})
-    base, r, folder = base_set(cfg), cfg.refine, refine_dir(cfg)
+    base, t0 = base_set(cfg), time.perf_counter()
     try: manifest = open_delivered(base)
     except DeliveryError as e: raise RefineError(f"no delivered base potential to refine: {e}") from None
     seeds_ = seed_structures(cfg, seeds)
-    identity, state_file = _identity(cfg, base, seeds_), folder / "state.json"
-    state = read_json(state_file)
-    if resume and not state: raise RefineError(f"{folder}: no refinement to resume; run without --resume")
-    if state and (overwrite or state.get("identity") != identity):
-        if not overwrite:
-            changed = [k for k in identity if state.get("identity", {}).get(k) != identity[k]]
-            raise RefineError(f"{folder}: holds a refinement of other {', '.join(changed)}; --overwrite starts over")
-        shutil.rmtree(folder)
-        state = {}
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {"identity": identity, **{k: v for k, v in state.items() if k != "identity"}}
-    e0, history, t_start = manifest["e0"], [], time.perf_counter()
-    frames5 = list(iter_frames(cfg.path(cfg.step5_file)))
-    threshold = float(cfg.md.min_distance_A) if cfg.md.min_distance_A else min_distance_threshold(frames5)
-    _, test = fit_tables(cfg, e0)
-    potential, stop = (base.yaml, base.asi), ""
-    with run_lock(folder / "refine.lock", "pyacemaker refine"), _keeping(folder, state), _where(scheduler, workers, client) as c:
-        for k in range(r.iterations + 1):
-            it = iteration_dir(cfg, k)
-            rec = read_json(it / "record.json") or {"iteration": k, "potential": str(potential[0]), "wall_s": {}}
-            timed = lambda phase, t0: rec["wall_s"].__setitem__(phase, rec["wall_s"].get(phase, 0.0) + time.perf_counter() - t0)
-            t0 = time.perf_counter(); _phase(state_file, state, k, "explore", say, on_phase)
-            ex = explore(cfg, potential, seeds_, it / "explore", k, threshold, say=say,
-                         on_walker=(lambda w: on_phase(k, f"walker {w}")) if on_phase else None, client=c)
-            if "explore" not in rec["wall_s"]: timed("explore", t0)
-            rec.update(candidates=ex["n_candidates"], walkers_stable=sum(w["stable"] for w in ex["walkers"]),
-                       walkers=len(ex["walkers"]), all_stable=ex["all_stable"], max_gamma=ex["max_gamma"],
-                       max_gamma_by_walker={w["id"]: w["max_gamma"] for w in ex["walkers"]},
-                       walker_seeds={w["id"]: [w["seed"], w["temperature_K"]] for w in ex["walkers"]})
-            say(f"round {k}: {rec['walkers']} walkers, {rec['walkers_stable']} stable, max γ {ex['max_gamma']:.2f}, "
-                f"{ex['n_candidates']} candidates")
-            t0 = time.perf_counter(); _phase(state_file, state, k, "teacher errors", say, on_phase)
-            if "teacher_errors" not in rec:
-                sample = label_once(cfg, it / "explore" / "sample.xyz", it / "sample_labeled.xyz", c)
-                rec["teacher_errors"] = label_errors(potential[0], sample, e0, cfg.training.cutoff) if sample else None
-                rec["test_errors"] = table_errors(potential[0], test, cfg.training.cutoff) if test is not None else None
-                timed("teacher_errors", t0); _write_json(it / "record.json", rec)
-            te = rec["teacher_errors"] or {}
-            say(f"round {k}: student vs teacher on its own MD: forces {te.get('forces_rmse_meV_per_A', float('nan')):.1f} meV/Å, "
-                f"energy {te.get('energy_rmse_meV_per_atom', float('nan')):.2f} meV/atom")
-            converged = ex["n_candidates"] == 0 and ex["all_stable"]
-            if converged or k == r.iterations:
-                stop = "converged: no candidate, every walker stable" if converged else f"{r.iterations} iterations done"
-                rec.update(selected=0, final=True); _write_json(it / "record.json", rec); history.append(rec); break
-            t0 = time.perf_counter(); _phase(state_file, state, k, "select", say, on_phase)
-            if not (it / "selected.xyz").exists():
-                cands = list(iter_frames(it / "explore" / "candidates.xyz"))
-                picked = select_d_optimal(cands, potential[0], potential[1], r.max_new, cfg.training.cutoff)
-                write_frames([cands[i] for i in picked], it / "selected.xyz", overwrite=True); timed("select", t0)
-            rec["selected"] = sum(1 for _ in iter_frames(it / "selected.xyz"))
-            say(f"round {k}: selected {rec['selected']} of {ex['n_candidates']} candidates (D-optimality against the active set)")
-            if rec["selected"] == 0:
-                stop = "no candidate adds information to the active set"; rec["final"] = True
-                _write_json(it / "record.json", rec); history.append(rec); break
-            t0 = time.perf_counter(); _phase(state_file, state, k, "label", say, on_phase)
-            if "label" not in rec["wall_s"]: label_once(cfg, it / "selected.xyz", it / "labeled.xyz", c); timed("label", t0)
-            _write_json(it / "record.json", rec)
-            t0 = time.perf_counter(); _phase(state_file, state, k, "fit", say, on_phase)
-            if rec.get("fitted"): potential = (it / "fit" / "output_potential.yaml", it / "fit" / "output_potential.asi")
-            else:
-                potential = _fit_iteration(cfg, k, e0, potential, progress, executable)
-                rec["fitted"] = True; timed("fit", t0)
-                say(f"round {k}: {'up' if r.refit == 'upfit' and not cfg.training.mock else 're'}fitted with "
-                    f"{rec['selected']} new structures -> {refined_set(cfg).yace}")
-            _write_json(it / "record.json", rec); history.append(rec)
-        state.update(phase="done", stop=stop); _write_json(state_file, state)
-    result = {"history": history, "stop": stop, "delivered": refined_set(cfg).yace if len(history) > 1 else None,
-              "base": base.yace, "wall_s": time.perf_counter() - t_start}
-    _write_json(folder / "history.json", {"stop": stop, "iterations": history})
-    result["plot"] = plot_refine(history, r)
-    reports_dir(cfg).mkdir(parents=True, exist_ok=True)
-    result["plot"].savefig(reports_dir(cfg) / "refine.png", dpi=110); plt.close(result["plot"])
-    result["plot"] = reports_dir(cfg) / "refine.png"
-    return result
+    threshold = float(cfg.md.min_distance_A) if cfg.md.min_distance_A else min_distance_threshold(list(iter_frames(cfg.path(cfg.step5_file))))
+    hooks = Hooks(print if progress else (lambda line: None), on_phase, progress)
+    history, potential, stop, last = [], (base.yaml, base.asi), "", None
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(refine_lock(cfg), "pyacemaker refine"):
+        state = _claim(cfg, _identity(cfg, base, seeds_), overwrite)
+        with _keeping(refine_dir(cfg), state), cluster.connect() as client:
+            run = _Run(cfg, manifest["e0"], threshold, fit_tables(cfg, manifest["e0"])[1], state, hooks, client, executable)
+            for k in range(cfg.refine.iterations + 1):
+                before = potential
+                rec, potential, stop = _round(run, k, potential, seeds_)
+                history.append(rec)
+                if rec.get("fitted"): last = (k, before)
+                if stop: break
+            if last: _fit_iteration(run, *last)          # the delivered set is the last round's: checked, restored or redone
+            state.update(phase="done", stop=stop); write_json(refine_dir(cfg) / "state.json", state)
+    return _finish(cfg, history, stop, t0)
 
 # %% ../nbs/05a_refine.ipynb #de1aadc8
 def plot_refine(history: Sequence[dict], r) -> matplotlib.figure.Figure:

@@ -11,7 +11,8 @@ import socket
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,8 +23,8 @@ from .mace_wrapper import FrameTexts, MaceSurrogate
 from ..utils.io import read_json
 
 # %% auto #0
-__all__ = ['DistributedError', 'require_distributed', 'model_spec', 'cached_surrogate', 'label_shard', 'dask_client',
-           'label_file_distributed']
+__all__ = ['DistributedError', 'require_distributed', 'model_spec', 'cached_surrogate', 'label_shard', 'scheduler_address',
+           'Cluster', 'dask_client', 'label_file_distributed']
 
 # %% ../../nbs/02b_distributed.ipynb #2b3d259d
 class DistributedError(PyacemakerError):
@@ -99,6 +100,37 @@ def label_shard(k: int, fingerprint: str, texts: list, input: str, output: str, 
     return stats
 
 # %% ../../nbs/02b_distributed.ipynb #a8231bc8
+_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")
+
+def scheduler_address(scheduler: str | Path) -> str:
+    "The address of `--scheduler`: an address (tcp://host:8786) as is, or the one a scheduler JSON file records; one clear line otherwise."
+    s = str(scheduler)
+    if s.startswith(_SCHEMES):
+        host, _, port = s.split("://", 1)[1].rpartition(":")
+        if host and port.isdigit(): return s
+        raise DistributedError(f"--scheduler {s}: not a dask scheduler address (expected tcp://HOST:PORT)")
+    path = Path(s)
+    if not path.is_file():
+        raise DistributedError(f"--scheduler {s}: scheduler file not found (give a scheduler JSON file or tcp://HOST:PORT)")
+    address = read_json(path).get("address")
+    if not isinstance(address, str) or not address.startswith(_SCHEMES):
+        raise DistributedError(f"--scheduler {s}: not a dask scheduler file (no 'address' like tcp://HOST:PORT in it)")
+    return address
+
+@dataclass(frozen=True)
+class Cluster:
+    "Where dask work runs: a scheduler (address or file), N local worker processes, or a client; all None = in this process."
+    scheduler: str | None = None
+    workers: int | None = None
+    client: object = None
+
+    @property
+    def wanted(self) -> bool: return any(x is not None for x in (self.scheduler, self.workers, self.client))
+
+    def connect(self):
+        "A dask client for the work (`dask_client`), or a context of None when nothing was asked for."
+        return dask_client(self.scheduler, self.workers, self.client) if self.wanted else nullcontext(None)
+
 def _check_where(scheduler, workers, client) -> None:
     "Exactly one place to run: a scheduler address, a number of local workers, or a client."
     if sum(x is not None for x in (scheduler, workers, client)) != 1:
@@ -113,8 +145,12 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, client
     if client is not None:
         yield client
     elif scheduler is not None:
-        s = str(scheduler)
-        with (dd.Client(scheduler_file=s) if s.endswith(".json") and Path(s).is_file() else dd.Client(s)) as c: yield c
+        address = scheduler_address(scheduler)
+        try: c = dd.Client(address)
+        except (OSError, TimeoutError) as err:
+            raise DistributedError(f"--scheduler {scheduler}: cannot reach the dask scheduler at {address} "
+                                   f"({' '.join(str(err).split())[:120]})") from None
+        with c: yield c
     else:
         import dask
         keys = [*dask.config.get("distributed.nanny.pre-spawn-environ", {}), "PYTHONHASHSEED"]
@@ -127,6 +163,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, client
             for k, v in before.items():
                 if v is None: os.environ.pop(k, None)
                 else: os.environ[k] = v
+
+
 
 # %% ../../nbs/02b_distributed.ipynb #68b895ac
 def _shards_on(client, input: Path, output: Path, spec: dict, skip_bad: bool, seen: set, load_s: list):

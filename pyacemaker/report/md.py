@@ -12,34 +12,20 @@ from typing import Sequence
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-from ase import Atoms, units
-from ase.constraints import FixCom
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-from ase.md.verlet import VelocityVerlet
-from ase.neighborlist import neighbor_list
+from ase import Atoms
 
-from ..trainer.ace_trainer import DeliveryError, import_pyace
+from ..domain_models.config import MDCheckConfig
+from ..kit.calculators import ace_calculator
+from ..kit.dynamics import Stop, Thermostat, run_dynamics
+from ..kit.errors import rmse
+from ..kit.layout import DeliveryError
+from ..utils.io import min_distance
 
 # %% auto #0
-__all__ = ['MIN_DISTANCE_FRACTION', 'TRACE_KEYS', 'MAX_TEMPERATURE_FACTOR', 'GAMMA_MAX', 'MD_KEYS', 'md_calculator',
-           'md_structures', 'min_distance', 'min_distance_threshold', 'run_md', 'md_stable',
-           'nve_drift_meV_per_atom_per_ps', 'teacher_errors', 'md_check', 'md_metrics', 'plot_md', 'format_md_summary',
-           'perturbed_potential']
-
-# %% ../../nbs/04a_md_check.ipynb #d58f5f2c
-def md_calculator(potential_yaml: str | Path, active_set: str | Path | None = None):
-    "A `pyace.PyACECalculator` on the B-basis `.yaml` (energies E − ΣE0), with the active set if given (then γ per atom)."
-    potential_yaml = Path(potential_yaml)
-    if potential_yaml.suffix == ".yace":
-        raise DeliveryError(f"{potential_yaml}: the MD check needs the B-basis .yaml of the potential (γ needs it, and its "
-                         f"energies are E - ΣE0 as the teacher comparison assumes), not the .yace")
-    if not potential_yaml.is_file(): raise FileNotFoundError(f"{potential_yaml}: ACE potential not found; run step 6 first")
-    calc = import_pyace().PyACECalculator(str(potential_yaml))
-    if active_set is not None:
-        if not Path(active_set).is_file(): raise FileNotFoundError(f"{active_set}: active set not found (pace_activeset makes it)")
-        calc.set_active_set(str(active_set))
-    return calc
+__all__ = ['MIN_DISTANCE_FRACTION', 'TRACE_KEYS', 'MAX_TEMPERATURE_FACTOR', 'GAMMA_MAX', 'FRICTION_PER_FS', 'MD_KEYS',
+           'md_structures', 'min_distance_threshold', 'trace_row', 'run_md', 'md_stable',
+           'nve_drift_meV_per_atom_per_ps', 'student_vs_teacher', 'md_check', 'md_metrics', 'plot_md',
+           'format_md_summary', 'perturbed_potential']
 
 # %% ../../nbs/04a_md_check.ipynb #fd352f35
 def md_structures(frames: Sequence[Atoms], structures: int | Sequence[int | str] = 2,
@@ -65,23 +51,6 @@ def md_structures(frames: Sequence[Atoms], structures: int | Sequence[int | str]
         out.append((names[i], atoms))
     return out
 
-# %% ../../nbs/04a_md_check.ipynb #f588a7fa
-def min_distance(atoms: Atoms, cutoff: float = 4.0) -> float:
-    "Shortest interatomic distance (Å), periodic images included; `cutoff` if none is shorter, NaN for non-finite positions."
-    if len(atoms) < 2 and not atoms.pbc.any(): return float(cutoff)
-    if not np.isfinite(atoms.positions).all(): return float("nan")
-    if atoms.pbc.all() and len(atoms) > 1:
-        cell = atoms.cell.array
-        inv = np.linalg.inv(cell)
-        width = 1.0 / np.linalg.norm(inv, axis=0)           # distances between opposite faces of the cell
-        s = atoms.positions @ inv
-        i, j = np.triu_indices(len(atoms), 1)
-        ds = s[i] - s[j]; ds -= np.round(ds)
-        d = float(np.sqrt(np.min(np.sum((ds @ cell) ** 2, axis=1))))
-        if d < width.min() / 2: return d                      # then no other image can be closer
-    d = neighbor_list("d", atoms, cutoff)
-    return float(d.min()) if d.size else float(cutoff)
-
 # %% ../../nbs/04a_md_check.ipynb #29b78c3e
 MIN_DISTANCE_FRACTION = 0.75
 
@@ -92,43 +61,31 @@ def min_distance_threshold(frames: Sequence[Atoms], fraction: float = MIN_DISTAN
 # %% ../../nbs/04a_md_check.ipynb #fe839960
 TRACE_KEYS = ("time_fs", "phase", "max_gamma", "min_distance_A", "temperature_K", "epot_eV", "etot_eV")
 
-class _Stop(Exception):
-    "Raised by the step observer to end a run that has failed."
+def trace_row(at: Atoms, calc, phase: str, time_fs: float, gamma: bool = True) -> tuple:
+    "One step of a trace (`TRACE_KEYS`): time, phase, max γ (NaN without an active set), shortest distance, T, E_pot, E_tot."
+    e = at.get_potential_energy()
+    g = calc.results.get("gamma") if gamma else None
+    return (time_fs, phase, float(np.max(g)) if g is not None and len(g) else float("nan"), min_distance(at),
+            at.get_temperature(), e, e + at.get_kinetic_energy())
 
-def run_md(calc, atoms: Atoms, temperature_K: float, steps: int = 250, nve_steps: int = 250, timestep_fs: float = 2.0,
-           friction_per_fs: float = 0.01, seed: int = 0, snapshots: int = 10, stop_below_A: float | None = None) -> dict:
-    "Langevin at `temperature_K`, then NVE, with an ASE calculator; per-step arrays (`TRACE_KEYS`) and sampled snapshots."
-    at = atoms.copy(); at.calc = calc; at.set_constraint(FixCom())
-    rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(at, temperature_K=temperature_K, rng=rng); Stationary(at)
+def run_md(calc, atoms: Atoms, thermostat: Thermostat, steps: int = 250, nve_steps: int = 250, snapshots: int = 10,
+           stop_below_A: float | None = None) -> dict:
+    "Langevin, then NVE, with an ASE calculator (`run_dynamics`); per-step arrays (`TRACE_KEYS`) and sampled snapshots."
     with_gamma = getattr(calc, "is_active_set_configured", True)   # pyace reports zeros without an active set
-    total = steps + nve_steps
-    every = max(1, total // max(snapshots, 1))
+    every = max(1, (steps + nve_steps) // max(snapshots, 1))
     rec, kept = {k: [] for k in TRACE_KEYS}, []
-    state = {"phase": "nvt", "t0": 0.0, "skip": False, "n": 0}
-    def record(dyn):
-        if state["skip"]: state["skip"] = False; return     # the first NVE frame is the last NVT one
-        e, gamma, d = at.get_potential_energy(), calc.results.get("gamma") if with_gamma else None, min_distance(at)
-        for k, v in zip(TRACE_KEYS, (state["t0"] + dyn.get_time() / units.fs, state["phase"],
-                                     float(np.max(gamma)) if gamma is not None else np.nan, d,
-                                     at.get_temperature(), e, e + at.get_kinetic_energy())): rec[k].append(v)
-        if snapshots and state["n"] > 0 and state["n"] % every == 0 and len(kept) < snapshots:
-            snap = at.copy(); snap.set_constraint(); snap.info.update(time_fs=rec["time_fs"][-1], md_phase=state["phase"])
-            kept.append(snap)
-        state["n"] += 1
-        if not (np.isfinite(e) and np.isfinite(d)) or (stop_below_A is not None and d < stop_below_A): raise _Stop
+    def record(at, phase, time_fs, step):
+        row = trace_row(at, calc, phase, time_fs, with_gamma)
+        for k, v in zip(TRACE_KEYS, row): rec[k].append(v)
+        if snapshots and step > 0 and step % every == 0 and len(kept) < snapshots:
+            snap = at.copy(); snap.set_constraint(); snap.info.update(time_fs=time_fs, md_phase=phase); kept.append(snap)
+        d = row[3]
+        if not (np.isfinite(row[5]) and np.isfinite(d)) or (stop_below_A is not None and d < stop_below_A): raise Stop
     t0 = time.perf_counter()
-    try:
-        dyn = Langevin(at, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction_per_fs / units.fs,
-                       fixcm=False, rng=rng)
-        dyn.attach(record, 1, dyn); dyn.run(steps)
-        state.update(phase="nve", t0=rec["time_fs"][-1], skip=True)
-        dyn = VelocityVerlet(at, timestep_fs * units.fs)
-        dyn.attach(record, 1, dyn); dyn.run(nve_steps)
-    except _Stop: pass
+    run_dynamics(atoms, calc, thermostat, [("nvt", steps), ("nve", nve_steps)], record)
     trace = {k: np.array(v) for k, v in rec.items()}
-    trace.update(n_atoms=len(at), target_K=float(temperature_K), timestep_fs=float(timestep_fs), steps=len(rec["time_fs"]) - 1,
-                 snapshots=kept, wall_s=time.perf_counter() - t0)
+    trace.update(n_atoms=len(atoms), target_K=float(thermostat.temperature_K), timestep_fs=float(thermostat.timestep_fs),
+                 steps=len(rec["time_fs"]) - 1, snapshots=kept, wall_s=time.perf_counter() - t0)
     return trace
 
 # %% ../../nbs/04a_md_check.ipynb #70805c83
@@ -180,45 +137,42 @@ def _compare(snapshots: Sequence[Atoms], ace_calc, surrogate) -> list[tuple | No
     return out
 
 def _errors(pairs: Sequence[tuple | None]) -> dict:
-    "Energy (meV/atom) and force (meV/Å) RMSE over compared snapshots."
+    "Energy (meV/atom) and force (meV/Å) RMSE over compared snapshots (NaN if none)."
     ok = [p for p in pairs if p is not None]
-    out = {"energy_meV_per_atom": float("nan"), "forces_meV_per_A": float("nan"), "n_snapshots": len(ok),
-           "n_atoms": int(sum(len(p[2]) // 3 for p in ok)), "n_dropped": len(pairs) - len(ok)}
-    if ok:
-        rmse = lambda a, b: float(np.sqrt(np.mean(np.square(np.asarray(a) - np.asarray(b)))))
-        out["energy_meV_per_atom"] = 1e3 * rmse([p[0] for p in ok], [p[1] for p in ok])
-        out["forces_meV_per_A"] = 1e3 * rmse(np.concatenate([p[2] for p in ok]), np.concatenate([p[3] for p in ok]))
-    return out
+    return {"energy_meV_per_atom": 1e3 * rmse(np.array([p[0] - p[1] for p in ok])),
+            "forces_meV_per_A": 1e3 * rmse([p[2] - p[3] for p in ok]), "n_snapshots": len(ok),
+            "n_atoms": int(sum(len(p[2]) // 3 for p in ok)), "n_dropped": len(pairs) - len(ok)}
 
-def teacher_errors(snapshots: Sequence[Atoms], ace_calc, surrogate) -> dict:
+def student_vs_teacher(snapshots: Sequence[Atoms], ace_calc, surrogate) -> dict:
     "RMSE of ACE vs the MACE teacher on MD snapshots: energy (E − ΣE0)/N in meV/atom, force components in meV/Å."
     return _errors(_compare([s for s in snapshots if np.isfinite(s.positions).all()], ace_calc, surrogate))
 
 # %% ../../nbs/04a_md_check.ipynb #07f65396
 GAMMA_MAX = 5.0   # pyace's PyACECalculator default gamma_upper_bound
 
-def md_check(potential_yaml: str | Path, active_set: str | Path | None, frames: Sequence[Atoms], *,
-             names: Sequence[str] | None = None, structures: int | Sequence[int | str] = 2,
-             surrogate=None, temperatures_K: Sequence[float] = (300.0, 1000.0), steps: int = 250, nve_steps: int = 250,
-             timestep_fs: float = 2.0, friction_per_fs: float = 0.01, min_distance_A: float | None = None,
-             min_distance_fraction: float = MIN_DISTANCE_FRACTION, max_temperature_factor: float = MAX_TEMPERATURE_FACTOR,
-             gamma_max: float = GAMMA_MAX, snapshots: int = 10, seed: int = 0) -> dict:
-    "MD of the ACE potential (`.yaml` + active set) from training structures at each temperature: stability, γ, drift, teacher errors."
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    calc = md_calculator(potential_yaml, active_set)
-    threshold = float(min_distance_A) if min_distance_A is not None else min_distance_threshold(frames, min_distance_fraction)
+FRICTION_PER_FS = 0.01   # a 100 fs Langevin coupling time
+
+def md_check(potential_yaml: str | Path, active_set: str | Path | None, frames: Sequence[Atoms],
+             settings: MDCheckConfig = MDCheckConfig(), names: Sequence[str] | None = None, surrogate=None) -> dict:
+    "MD of the ACE potential (`.yaml` + active set) from training structures at each temperature of `settings`: stability, γ, drift, teacher errors."
+    t0, cpu0, m = time.perf_counter(), time.process_time(), settings
+    if Path(potential_yaml).suffix == ".yace":
+        raise DeliveryError(f"{potential_yaml}: the MD check needs the B-basis .yaml of the potential (γ needs it, and its "
+                            "energies are E - ΣE0 as the teacher comparison assumes), not the .yace")
+    calc = ace_calculator(potential_yaml, active_set)
+    threshold = float(m.min_distance_A) if m.min_distance_A is not None else min_distance_threshold(frames)
     runs, traces, to_label = [], [], []
-    for name, atoms in md_structures(frames, structures, names):
-        for T in temperatures_K:
-            tr = run_md(calc, atoms, float(T), steps, nve_steps, timestep_fs, friction_per_fs, seed, snapshots,
+    for name, atoms in md_structures(frames, m.structures, names):
+        for T in m.temperatures_K:
+            tr = run_md(calc, atoms, Thermostat(float(T), m.timestep_fs, FRICTION_PER_FS), m.steps, m.nve_steps, m.snapshots,
                         stop_below_A=threshold)
-            stable, reason = md_stable(tr, threshold, max_temperature_factor)
+            stable, reason = md_stable(tr, threshold)
             gamma = float(np.nanmax(tr["max_gamma"])) if np.isfinite(tr["max_gamma"]).any() else float("nan")
             eq = _equilibrated(tr)
             runs.append({"structure": name, "n_atoms": len(atoms), "temperature_K": float(T), "steps": int(tr["steps"]),
                          "time_ps": float(tr["time_fs"][-1] / 1000), "stable": stable, "reason": reason,
                          "min_distance_A": float(np.nanmin(tr["min_distance_A"])), "max_gamma": gamma,
-                         "extrapolating": bool(gamma > gamma_max),
+                         "extrapolating": bool(gamma > GAMMA_MAX),
                          "max_temperature_K": float(np.nanmax(tr["temperature_K"][eq])) if eq.any() else float("nan"),
                          "nve_drift_meV_per_atom_per_ps": nve_drift_meV_per_atom_per_ps(tr), "wall_s": float(tr["wall_s"])})
             tr["structure"] = name
@@ -237,10 +191,10 @@ def md_check(potential_yaml: str | Path, active_set: str | Path | None, frames: 
             "max_gamma": max((r["max_gamma"] for r in runs if np.isfinite(r["max_gamma"])), default=float("nan")),
             "min_distance_A": min((r["min_distance_A"] for r in runs if np.isfinite(r["min_distance_A"])), default=float("nan")),
             "settings": {"potential": str(potential_yaml), "active_set": str(active_set) if active_set else None,
-                         "temperatures_K": [float(T) for T in temperatures_K], "steps": steps, "nve_steps": nve_steps,
-                         "timestep_fs": timestep_fs, "friction_per_fs": friction_per_fs, "min_distance_threshold_A": threshold,
-                         "max_temperature_factor": max_temperature_factor, "gamma_max": gamma_max,
-                         "snapshots_per_run": snapshots, "seed": seed},
+                         "temperatures_K": [float(T) for T in m.temperatures_K], "steps": m.steps, "nve_steps": m.nve_steps,
+                         "timestep_fs": m.timestep_fs, "friction_per_fs": FRICTION_PER_FS, "min_distance_threshold_A": threshold,
+                         "max_temperature_factor": MAX_TEMPERATURE_FACTOR, "gamma_max": GAMMA_MAX,
+                         "snapshots_per_run": m.snapshots, "seed": 0},
             "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0, "traces": traces}
 
 # %% ../../nbs/04a_md_check.ipynb #4c4c2aa8

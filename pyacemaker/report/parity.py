@@ -19,28 +19,18 @@ from ..domain_models.config import PipelineConfig
 from ..oracle.mace_wrapper import MaceSurrogate
 from .md import format_md_summary, md_check, md_metrics, plot_md
 from .speed import format_speed_table, speed_table
-from ..trainer.ace_trainer import DeliveryError, Deliverables, import_pyace, open_delivered
+from ..kit.calculators import ace_calculator
+from ..kit.errors import rmse_mae
+from ..kit.layout import (Deliverables, DeliveryError, delivered_set, open_delivered, report_stem, reports_dir,
+                                   stale_note)
 from ..utils.io import atomic_output, file_sha256, read_training_table, table_frames
 
 # %% auto #0
-__all__ = ['TRAIN_STYLE', 'TRAIN_DENSITY', 'TEST_STYLE', 'GAMMA_TRUST', 'GAMMA_EPS', 'METRICS_KEYS', 'ace_calculator',
-           'ace_predictions', 'rmse_mae', 'parity_metrics', 'pacemaker_agreement', 'plot_parity', 'extrapolating',
-           'extrapolation_grades', 'plot_extrapolation', 'reports_dir', 'delivered_set', 'report_stem', 'write_report',
-           'format_summary']
+__all__ = ['TRAIN_STYLE', 'TRAIN_DENSITY', 'TEST_STYLE', 'DENSITY_ABOVE', 'GAMMA_TRUST', 'GAMMA_EPS', 'METRICS_KEYS',
+           'REPORT_FIGURES', 'ace_predictions', 'parity_metrics', 'pacemaker_agreement', 'plot_parity', 'extrapolating',
+           'extrapolation_grades', 'plot_extrapolation', 'write_report', 'format_summary']
 
 # %% ../../nbs/04b_report.ipynb #87f828a2
-def ace_calculator(potential: str | Path, active_set: str | Path | None = None):
-    "A `pyace.PyACECalculator` for a potential file; with the `.yaml` form and an active set, it also yields γ."
-    potential = Path(potential)
-    if not potential.is_file(): raise DeliveryError(f"{potential}: ACE potential not found; run step 6 first (pyacemaker fit)")
-    try:
-        calc = import_pyace().PyACECalculator(str(potential))
-        if active_set is not None: calc.set_active_set(str(active_set))
-    except Exception as err:
-        raise DeliveryError(f"{active_set if active_set and potential.suffix != '.yace' else potential}: cannot be read by "
-                            f"pyace ({type(err).__name__}: {' '.join(str(err).split())[:160]}); refit with --overwrite") from None
-    return calc
-
 def ace_predictions(calc, table: pd.DataFrame, split: str, e0: dict[str, float]) -> dict:
     "ACE vs MACE on one training table: per-atom energies (eV; cohesive and total), force components (eV/Å), stress (eV/Å³)."
     out = {k: [] for k in ("energy_ref", "energy_ace", "total_ref", "total_ace", "forces_ref", "forces_ace", "stress_ref", "stress_ace")}
@@ -59,12 +49,6 @@ def ace_predictions(calc, table: pd.DataFrame, split: str, e0: dict[str, float])
             "stress_ref": np.array(out["stress_ref"]).reshape(-1, 6), "stress_ace": np.array(out["stress_ace"]).reshape(-1, 6)}
 
 # %% ../../nbs/04b_report.ipynb #24474fc8
-def rmse_mae(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    "Root-mean-square and mean absolute error of two arrays."
-    d = np.asarray(pred, float).ravel() - np.asarray(ref, float).ravel()
-    if d.size == 0: return float("nan"), float("nan")
-    return float(np.sqrt(np.mean(d ** 2))), float(np.mean(np.abs(d)))
-
 def _by_kind(p: dict) -> dict:
     "Energy (meV/atom) and force (meV/Å) RMSE per kind of cell."
     kinds, natoms = np.array(p["kinds"]), np.asarray(p["natoms"])
@@ -90,6 +74,8 @@ def parity_metrics(p: dict) -> dict:
 def pacemaker_agreement(pred_file: str | Path, p: dict, tol_meV: float = 0.5) -> dict:
     "Largest difference between pacemaker's stored predictions and the deployed potential's, per atom and per force component."
     pred = read_training_table(pred_file).set_index("name")
+    if pred.index.has_duplicates or len(set(p["names"])) < len(p["names"]):   # a table of an older refine: names not unique
+        return {"n_compared": 0, "n_not_fitted": 0, "agree": True, "tolerance_meV": tol_meV, "note": "structure names not unique"}
     fitted = np.array([n in pred.index for n in p["names"]])
     if not fitted.any(): return {"n_compared": 0, "n_not_fitted": len(fitted), "agree": True, "tolerance_meV": tol_meV}
     pred = pred.loc[[n for n, f in zip(p["names"], fitted) if f]]
@@ -113,14 +99,16 @@ def _identity(ax, x, y) -> None:
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, zorder=0)
     ax.set_xlim(lo - pad, hi + pad); ax.set_ylim(lo - pad, hi + pad); ax.set_aspect("equal")
 
-def _panel(ax, parts, key, scale, unit, title, err_unit, err_key, many=3000) -> None:
+DENSITY_ABOVE = 3000   # training points drawn as hexagonal-bin density above this many
+
+def _panel(ax, parts, key, scale, unit, title, err_unit, err_key) -> None:
     "One parity panel: train (scatter or density) and test scatter, errors in a text box."
     xs, ys, lines = [], [], []
     for p, m in parts:
         x, y = p[f"{key}_ref"].ravel() * scale, p[f"{key}_ace"].ravel() * scale
         if x.size == 0: continue
         xs.append(x); ys.append(y)
-        if p["split"] == "train" and x.size > many:
+        if p["split"] == "train" and x.size > DENSITY_ABOVE:
             ax.hexbin(x, y, gridsize=60, bins="log", mincnt=1, cmap=TRAIN_DENSITY, label="train")
         else:
             ax.scatter(x, y, **(TRAIN_STYLE if p["split"] == "train" else TEST_STYLE))
@@ -174,19 +162,6 @@ def plot_extrapolation(gamma: np.ndarray, threshold: float = GAMMA_TRUST) -> mat
 # %% ../../nbs/04b_report.ipynb #9fc60bab
 METRICS_KEYS = ["mode", "train", "test", "pacemaker_agreement", "extrapolation", "md", "speed", "skipped", "delivery", "files"]
 
-def reports_dir(cfg: PipelineConfig) -> Path:
-    "Where the report goes: `work_dir/reports`."
-    return cfg.work_dir / "reports"
-
-def delivered_set(cfg: PipelineConfig, potential: str | None = None) -> Deliverables:
-    "A delivered set by name in models/ (e.g. `ace_refined`); default: the config's `ace_model_file`."
-    d = Deliverables.of(cfg.path(cfg.ace_model_file))
-    return d if potential in (None, d.name) else Deliverables(d.models_dir, Path(potential).stem)
-
-def report_stem(cfg: PipelineConfig, d: Deliverables, stem: str) -> str:
-    "A report file's stem: `stem` for the config's own set, `stem_NAME` for another delivered set, so reports never overwrite each other."
-    return stem if d.name == delivered_set(cfg).name else f"{stem}_{d.name}"
-
 def _save_figure(fig, path: Path) -> Path:
     "Save a figure as PNG under a temporary name, then rename."
     with atomic_output(path, overwrite=True) as tmp: fig.savefig(tmp, dpi=120, format="png")
@@ -223,8 +198,8 @@ def _md_section(cfg: PipelineConfig, d: Deliverables, tables: dict, frames: dict
     "Short MD with the deployed potential from the largest (or named) training structures; the teacher on its trajectory."
     if md is False or (md is None and not cfg.md.enabled):
         metrics["skipped"]["md"] = "switched off (md.enabled: false, or --no-md)"; return
-    result = md_check(d.yaml, d.asi if d.asi.exists() else None, frames["train"], names=list(tables["train"].name),
-                      surrogate=surrogate, **cfg.md.model_dump(exclude={"enabled"}))
+    result = md_check(d.yaml, d.asi if d.asi.exists() else None, frames["train"], cfg.md, names=list(tables["train"].name),
+                      surrogate=surrogate)
     metrics["md"] = md_metrics(result)
     figs["md"] = plot_md(result)
 
@@ -233,11 +208,20 @@ def _speed_section(d: Deliverables, frames: dict, surrogate: MaceSurrogate, metr
     if not speed: metrics["skipped"]["speed"] = "switched off (--no-speed)"; return
     metrics["speed"] = speed_table(d.yace, surrogate, frames.get("test", frames["train"]), md_atoms=max(frames["train"], key=len))
 
+REPORT_FIGURES = ("parity", "extrapolation", "md")
+
+def _drop_old_report(cfg: PipelineConfig, d: Deliverables) -> None:
+    "Remove the set's previous metrics and plots first: a report that fails leaves none of an older one behind."
+    for stem in ("metrics", *REPORT_FIGURES):
+        p = reports_dir(cfg) / f"{report_stem(cfg, d, stem)}{'.json' if stem == 'metrics' else '.png'}"
+        p.unlink(missing_ok=True)
+
 def write_report(cfg: PipelineConfig, speed: bool = True, md: bool | None = None, show: bool = False,
                  potential: str | None = None) -> dict:
     "Parity, total energies, extrapolation grades, MD check and speed of a delivered ACE potential (default: the config's); saved under `reports/`."
     d = delivered_set(cfg, potential)
     manifest = open_delivered(d)
+    _drop_old_report(cfg, d)
     metrics, figs = {"mode": manifest.get("mode", "pacemaker"), "skipped": {}}, {}
     tables = _parity_section(d, manifest, metrics, figs)
     frames = {split: table_frames(df) for split, df in tables.items()}
@@ -252,7 +236,8 @@ def write_report(cfg: PipelineConfig, speed: bool = True, md: bool | None = None
     for name, fig in figs.items():
         files[f"{name}_plot"] = str(_save_figure(fig, out / f"{report_stem(cfg, d, name)}.png"))
         if not show: plt.close(fig)
-    metrics["delivery"] = {"name": d.name, "key": manifest.get("key"), "mode": metrics["mode"], "manifest_sha256": file_sha256(d.manifest)}
+    metrics["delivery"] = {"name": d.name, "key": manifest.get("key"), "mode": metrics["mode"], "manifest_sha256": file_sha256(d.manifest),
+                           "stale": stale_note(cfg, d, manifest)}
     metrics["files"] = files
     with atomic_output(out / f"{report_stem(cfg, d, 'metrics')}.json", overwrite=True) as tmp: tmp.write_text(json.dumps(metrics, indent=1))
     return metrics
@@ -261,6 +246,7 @@ def write_report(cfg: PipelineConfig, speed: bool = True, md: bool | None = None
 def format_summary(metrics: dict) -> str:
     "A short plain-text table of the report for the terminal."
     lines = ["MOCK MODE: a linear ACE from python-ace's solver, not a production fit"] if metrics.get("mode") == "mock" else []
+    if stale := metrics.get("delivery", {}).get("stale"): lines.append(f"note: {stale}")
     rows = [("", "train", "test")]
     for key, label in [("energy_rmse_meV_per_atom", "energy RMSE [meV/atom]"),
                        ("total_energy_mean_error_meV_per_atom", "total energy mean error [meV/atom]"),

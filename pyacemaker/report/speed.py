@@ -18,11 +18,11 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 
 from ..oracle.mace_wrapper import MaceSurrogate, quiet_mace
-from ..trainer.ace_trainer import import_pyace
+from ..kit.calculators import ace_calculator, mace_calculator
 
 # %% auto #0
 __all__ = ['MP0_ATOMIC_NUMBERS', 'SPEED_KEYS', 'mace_mp0_small_like', 'atoms_per_second', 'ace_evaluator', 'md_steps_per_second',
-           'mace_calculator', 'speed_table', 'format_speed_table']
+           'speed_table', 'format_speed_table']
 
 # %% ../../nbs/04_speed.ipynb #eada6bfd
 MP0_ATOMIC_NUMBERS = [*range(1, 84), *range(89, 95)]   # the 89 elements of MPtrj: H-Bi, Ac-Pu
@@ -60,11 +60,6 @@ def atoms_per_second(evaluate: Callable[[list[Atoms]], object], frames: Sequence
         t = time.perf_counter(); evaluate(frames); times.append(time.perf_counter() - t)
     return sum(len(a) for a in frames) / min(times)
 
-def _ace_calculator(potential: str | Path):
-    "pyace's `PyACECalculator` on a deployed ACE potential (`.yace`, or the `.yaml`)."
-    if not Path(potential).is_file(): raise FileNotFoundError(f"{potential}: ACE potential not found; run step 6 first")
-    return import_pyace().PyACECalculator(str(potential))
-
 def ace_evaluator(calc) -> Callable[[list[Atoms]], None]:
     "Energy, forces (and stress for periodic cells) of each structure with an ACE calculator, one at a time."
     def evaluate(frames):
@@ -87,19 +82,13 @@ def md_steps_per_second(calc, atoms: Atoms, min_time_s: float = 2.0, timestep_fs
         t = time.perf_counter(); dyn.run(1); times.append(time.perf_counter() - t)
     return 1.0 / float(np.median(times))
 
-def mace_calculator(surrogate: MaceSurrogate):
-    "The teacher's model as an ASE calculator (mace's `MACECalculator`: same file, head, precision and device)."
-    from mace.calculators import MACECalculator
-    with quiet_mace(): return MACECalculator(model_paths=str(surrogate.model_path), device=str(surrogate.device), default_dtype=surrogate.dtype,
-                          head=surrogate.head)
-
 # %% ../../nbs/04_speed.ipynb #81cc179d
 SPEED_KEYS = ["model", "evaluator", "atoms_per_s", "ace_speedup", "md_steps_per_s", "md_ace_speedup", "md_atoms", "threads", "note"]
 
 def speed_table(ace_potential: str | Path, surrogate: MaceSurrogate, frames: Sequence[Atoms], *, mp0_small: bool = True,
                 md_atoms: Atoms | None = None, min_time_s: float = 1.0, md_min_time_s: float = 3.0) -> list[dict]:
     "Atoms/s (and MD steps/s) of the deployed ACE, the MACE teacher and a MACE-MP-0-small-sized MACE on the same structures."
-    ace = _ace_calculator(ace_potential)
+    ace = ace_calculator(ace_potential)
     threads = torch.get_num_threads()
     rows = [{"model": f"ACE ({Path(ace_potential).name})", "evaluator": "pyace PyACECalculator, one structure at a time",
              "atoms_per_s": atoms_per_second(ace_evaluator(ace), frames, min_time_s),

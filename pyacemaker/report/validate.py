@@ -5,7 +5,6 @@
 # %% ../../nbs/04c_validate.ipynb #e7b8ad4b
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -17,27 +16,27 @@ import matplotlib.pyplot as plt
 import numpy as np
 from ase import Atoms, units
 from ase.build import bulk, surface
-from ase.constraints import FixCom, FixSymmetry
+from ase.constraints import FixSymmetry
 from ase.data import atomic_numbers, reference_states
 from ase.eos import EquationOfState
 from ase.filters import FrechetCellFilter
 from ase.geometry.rdf import get_rdf
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.optimize import BFGS
 
 from ..domain_models.config import PROPERTIES, PipelineConfig, PyacemakerError, ValidationConfig
-from .parity import ace_calculator, delivered_set, report_stem, reports_dir
-from ..trainer.ace_trainer import Deliverables, open_delivered
-from ..utils.io import atomic_output, cell_kind, check_structure, file_sha256, iter_frames, periodic_equivalent
+from ..kit.calculators import ace_calculator, mace_calculator
+from ..kit.dynamics import Thermostat, run_dynamics
+from ..kit.layout import Deliverables, delivered_set, open_delivered, report_stem, reports_dir, stale_note
+from ..utils.io import (atomic_output, cell_heights, cell_kind, check_structure, file_sha256, iter_frames,
+                                 periodic_equivalent, write_json)
 
 # %% auto #0
-__all__ = ['EV_PER_A2_IN_J_PER_M2', 'ROW_KEYS', 'Reference', 'reference_phase', 'ordered_alloy', 'reference_structures',
-           'user_structures', 'NotConverged', 'relax', 'energy', 'equation_of_state', 'elastic_tensor',
-           'supercell_repeats', 'phonons', 'vacancy_formation_energy', 'slab_of', 'surface_energy', 'md_rdf',
-           'Protocol', 'model_properties', 'row', 'failed_row', 'compare', 'validation_teacher', 'teacher_calculator',
-           'student_calculator', 'validation_structures', 'summarize', 'plot_rows', 'plot_eos', 'plot_phonons',
-           'plot_rdf', 'validate_models', 'validation_files', 'validate', 'format_validation']
+__all__ = ['EV_PER_A2_IN_J_PER_M2', 'RDF_FRICTION_PER_FS', 'ROW_KEYS', 'STYLES', 'Reference', 'reference_phase', 'ordered_alloy',
+           'reference_structures', 'user_structures', 'NotConverged', 'relax', 'energy', 'equation_of_state',
+           'elastic_tensor', 'supercell_repeats', 'phonons', 'vacancy_formation_energy', 'slab_of', 'surface_energy',
+           'md_rdf', 'Protocol', 'model_properties', 'row', 'failed_row', 'compare', 'validation_teacher',
+           'validation_structures', 'summarize', 'plot_rows', 'plot_eos', 'plot_phonons', 'plot_rdf', 'validate_models',
+           'validation_files', 'validate', 'format_validation']
 
 # %% ../../nbs/04c_validate.ipynb #f0c12c72
 @dataclass
@@ -81,11 +80,11 @@ def reference_structures(elements: Sequence[str]) -> list[Reference]:
     return refs + ([alloy] if alloy else [])
 
 # %% ../../nbs/04c_validate.ipynb #1eb1276c
-def user_structures(path: str | Path, elements: Sequence[str], cutoff: float) -> list[Reference]:
-    "The structures of an extxyz file as validation references (slabs and clusters made periodic), named by formula and kind."
+def user_structures(path: str | Path, elements: Sequence[str], cutoff: float, min_distance: float = 0.5) -> list[Reference]:
+    "The structures of an extxyz file as validation references (slabs and clusters made periodic), each checked like a labeled frame."
     out = []
     for i, atoms in enumerate(iter_frames(path)):
-        check_structure(atoms, path, i, elements)
+        check_structure(atoms, path, i, elements, "training.elements", min_distance)
         kind, name = cell_kind(atoms), atoms.info.get("name") or atoms.info.get("config_type")
         at = periodic_equivalent(atoms, cutoff) if kind != "bulk" else atoms.copy()
         at.calc = None
@@ -142,9 +141,7 @@ def elastic_tensor(atoms: Atoms, calc, cubic: bool = True, delta: float = 0.005,
 # %% ../../nbs/04c_validate.ipynb #840f9656
 def supercell_repeats(atoms: Atoms, min_height_A: float) -> tuple[int, int, int]:
     "The smallest diagonal repeat of a cell with every height (distance between opposite faces) ≥ `min_height_A`."
-    cell = atoms.cell.array
-    heights = abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-    return tuple(max(1, math.ceil(min_height_A / h - 1e-9)) for h in heights)
+    return tuple(max(1, math.ceil(min_height_A / h - 1e-9)) for h in cell_heights(atoms.cell.array))
 
 def phonons(atoms: Atoms, calc, min_height_A: float, distance_A: float = 0.01, npoints: int = 150, mesh: int = 12) -> dict:
     "phonopy band structure (THz) along the standard path of the primitive cell, and the DOS, from finite displacements."
@@ -205,23 +202,21 @@ def surface_energy(bulk_cell: Atoms, calc, facet: Sequence[int], cutoff: float, 
     return {"gamma_J_per_m2": float(gamma * EV_PER_A2_IN_J_PER_M2), "n_atoms": len(slab)}
 
 # %% ../../nbs/04c_validate.ipynb #bdd203a1
+RDF_FRICTION_PER_FS = 0.02   # a 50 fs coupling time: the liquid or hot solid equilibrates within the first half
+
 def md_rdf(atoms: Atoms, calc, temperature_K: float, steps: int = 100, timestep_fs: float = 2.0, every: int = 5,
            nbins: int = 80, seed: int = 0) -> dict:
-    "g(r) averaged over the second half of a Langevin run at `temperature_K`; MD cost in steps/s."
-    at = atoms.copy(); at.calc = calc; at.set_constraint(FixCom())
-    rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(at, temperature_K=temperature_K, rng=rng); Stationary(at)
-    dyn = Langevin(at, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.02 / units.fs, fixcm=False, rng=rng)
-    cell = at.cell.array
-    rmax = 0.49 * float(np.min(abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)))
+    "g(r) averaged over the second half of a Langevin run at `temperature_K` (`run_dynamics`); MD cost in steps/s."
+    rmax = 0.49 * float(np.min(cell_heights(atoms.cell.array)))
     samples = []
-    def sample():
-        if dyn.nsteps > steps // 2 and dyn.nsteps % every == 0: samples.append(get_rdf(at, rmax, nbins)[0])
-    dyn.attach(sample, 1)
-    t0 = time.perf_counter(); dyn.run(steps); wall = time.perf_counter() - t0
-    r = get_rdf(at, rmax, nbins)[1]
+    def sample(at, phase, time_fs, step):
+        if step > steps // 2: samples.append(get_rdf(at, rmax, nbins)[0])
+    t0 = time.perf_counter()
+    run_dynamics(atoms, calc, Thermostat(temperature_K, timestep_fs, RDF_FRICTION_PER_FS, seed), [("nvt", steps)], sample, every)
+    wall = time.perf_counter() - t0
+    r = get_rdf(atoms, rmax, nbins)[1]
     return {"r_A": r.tolist(), "g": np.mean(samples, axis=0).tolist(), "temperature_K": float(temperature_K),
-            "steps": int(steps), "wall_s": wall, "steps_per_s": steps / wall, "n_atoms": len(at), "n_samples": len(samples)}
+            "steps": int(steps), "wall_s": wall, "steps_per_s": steps / wall, "n_atoms": len(atoms), "n_samples": len(samples)}
 
 # %% ../../nbs/04c_validate.ipynb #5cd923e5
 @dataclass
@@ -237,7 +232,7 @@ def _attempt(results: dict, key: str, compute: Callable[[], object], timings: di
     "results[key] = compute(), or {'error': why} if it raised; the time taken goes to timings[key]."
     t0 = time.perf_counter()
     try: results[key] = compute()
-    except Exception as err: results[key] = {"error": f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"}
+    except Exception as err: results[key] = {"error": " ".join(str(err).split())[:200] or "failed"}
     timings[key] = round(time.perf_counter() - t0, 3)
     return results[key]
 
@@ -335,9 +330,10 @@ def _row_of(structure: str, prop: str, teacher: tuple, student: tuple, settings:
         return failed_row(structure, prop, "; ".join(f"{who}: {why}" for who, why in (("teacher", tw), ("student", sw)) if why))
     return row(structure, prop, tv, sv, settings, difference() if difference else None, note)
 
-def _pair(structure: str, prop: str, t: dict, s: dict, key: str, extract: Callable, settings: ValidationConfig,
+def _pair(structure: str, prop: str, models: tuple[dict, dict], key: str, extract: Callable, settings: ValidationConfig,
           difference: Callable | None = None, note: str = "") -> dict:
-    "A row from the same key in the teacher's and the student's results."
+    "A row from the same key in the (teacher's, student's) results."
+    t, s = models
     return _row_of(structure, prop, _value(t, key, extract), _value(s, key, extract), settings,
                    (lambda: difference(t[key], s[key])) if difference else None, note)
 
@@ -355,16 +351,16 @@ def _cubic_a(relaxed: dict) -> float: return float(np.linalg.det(np.array(relaxe
 def _bulk_rows(name: str, ref_kind: str, cubic: bool, t: dict, s: dict, settings: ValidationConfig) -> list[dict]:
     "The rows of a periodic bulk structure."
     rows = []
-    if cubic and ref_kind != "user": rows.append(_pair(name, "lattice_constant_A", t, s, "relaxed", _cubic_a, settings))
-    rows.append(_pair(name, "volume_per_atom_A3", t, s, "relaxed", lambda r: r["volume_per_atom_A3"], settings))
-    rows.append(_pair(name, "bulk_modulus_GPa", t, s, "eos", lambda e: e["B0_GPa"], settings))
-    rows.append(_pair(name, "bulk_modulus_derivative", t, s, "eos", lambda e: e["Bp"], settings))
+    if cubic and ref_kind != "user": rows.append(_pair(name, "lattice_constant_A", (t, s), "relaxed", _cubic_a, settings))
+    rows.append(_pair(name, "volume_per_atom_A3", (t, s), "relaxed", lambda r: r["volume_per_atom_A3"], settings))
+    rows.append(_pair(name, "bulk_modulus_GPa", (t, s), "eos", lambda e: e["B0_GPa"], settings))
+    rows.append(_pair(name, "bulk_modulus_derivative", (t, s), "eos", lambda e: e["Bp"], settings))
     if "elastic_GPa" in t or "elastic_GPa" in s:
         note = "" if cubic else "Voigt entries of the full (triclinic) tensor"
         for prop, (i, j) in (("C11_GPa", (0, 0)), ("C12_GPa", (0, 1)), ("C44_GPa", (3, 3))):
-            rows.append(_pair(name, prop, t, s, "elastic_GPa", lambda c, i=i, j=j: c[i][j], settings, note=note))
+            rows.append(_pair(name, prop, (t, s), "elastic_GPa", lambda c, i=i, j=j: c[i][j], settings, note=note))
     if "phonons" in t or "phonons" in s:
-        rows.append(_pair(name, "phonon_max_abs_frequency_difference_THz", t, s, "phonons",
+        rows.append(_pair(name, "phonon_max_abs_frequency_difference_THz", (t, s), "phonons",
                           lambda p: float(np.max(p["frequencies_THz"])), settings, _band_difference,
                           "teacher/student: top frequency; difference: worst branch anywhere on the path"))
         rows.append(_imaginary_row(name, t, s, settings))
@@ -372,7 +368,7 @@ def _bulk_rows(name: str, ref_kind: str, cubic: bool, t: dict, s: dict, settings
 
 def _imaginary_row(name: str, t: dict, s: dict, settings: ValidationConfig) -> dict:
     "Lowest frequency on the path (negative = imaginary, phonopy's convention), and whether either model has such modes."
-    r = _pair(name, "phonon_min_frequency_THz", t, s, "phonons", lambda p: float(np.min(p["frequencies_THz"])), settings)
+    r = _pair(name, "phonon_min_frequency_THz", (t, s), "phonons", lambda p: float(np.min(p["frequencies_THz"])), settings)
     if r["teacher"] is not None:
         tol = settings.tolerance("phonon_min_frequency_THz").absolute
         which = [who for who, v in (("teacher", r["teacher"]), ("student", r["student"])) if v < -tol]
@@ -385,12 +381,12 @@ def _defect_rows(name: str, t: dict, s: dict, settings: ValidationConfig) -> lis
     rows = []
     for key in sorted(k for k in set(t) | set(s) if k.startswith("vacancy ")):
         label = name if key.split()[1] == name.split()[0] else f"{name} ({key.split()[1]} vacancy)"
-        rows.append(_pair(label, "vacancy_formation_energy_eV", t, s, key, lambda v: v["E_f_eV"], settings,
+        rows.append(_pair(label, "vacancy_formation_energy_eV", (t, s), key, lambda v: v["E_f_eV"], settings,
                           note=f"{t.get(key, s.get(key, {})).get('n_atoms', '?')}-atom supercell"))
     for key in sorted(k for k in set(t) | set(s) if k.startswith("surface ")):
-        rows.append(_pair(f"{name} ({key.split()[1]})", "surface_energy_J_per_m2", t, s, key, lambda v: v["gamma_J_per_m2"], settings))
+        rows.append(_pair(f"{name} ({key.split()[1]})", "surface_energy_J_per_m2", (t, s), key, lambda v: v["gamma_J_per_m2"], settings))
     for key in sorted(k for k in set(t) | set(s) if k.startswith("rdf ")):
-        rows.append(_pair(f"{name} {key[4:]}", "rdf_max_abs_difference", t, s, key, lambda v: float(np.max(v["g"])), settings,
+        rows.append(_pair(f"{name} {key[4:]}", "rdf_max_abs_difference", (t, s), key, lambda v: float(np.max(v["g"])), settings,
                           _rdf_difference, "teacher/student: first-peak height; difference: largest |Δg(r)|"))
     return rows
 
@@ -406,6 +402,13 @@ def _rmsd(t: dict, s: dict) -> float:
     d = b.positions - a.positions
     d -= np.round(np.linalg.solve(a.cell.array.T, d.T).T) @ a.cell.array       # nearest image
     return float(np.sqrt(np.mean(np.sum(d ** 2, axis=1))))
+
+def _rmsd_row(name: str, t: dict, s: dict, settings: ValidationConfig) -> dict:
+    "How far the student relaxes a slab or cluster from where the teacher does: teacher 0 by definition, student the RMS distance."
+    teacher, student = _value(t, "relaxed", lambda r: 0.0), _value(s, "relaxed", lambda r: 0.0)
+    if teacher[0] is not None and student[0] is not None: student = (_rmsd(t["relaxed"], s["relaxed"]), "")
+    return _row_of(name, "relaxed_rmsd_A", teacher, student, settings,
+                   note="teacher 0 by definition; student: RMS distance to the teacher-relaxed positions")
 
 def _formation_row(name: str, prop: str, t: dict, s: dict, mu_t: dict, mu_s: dict, settings: ValidationConfig) -> dict:
     "Energy above the elements' reference phases, each model against its own references."
@@ -425,8 +428,7 @@ def compare(teacher: dict, student: dict, structures: Sequence[Reference], setti
             prop = "mixing_energy_meV_per_atom" if ref.kind == "alloy" else "energy_above_references_meV_per_atom"
             rows.append(_formation_row(ref.name, prop, t, s, teacher["mu_eV"], student["mu_eV"], settings))
         if ref.kind == "user" and not bulkish:
-            rows.append(_pair(ref.name, "relaxed_rmsd_A", t, s, "relaxed", lambda r: 0.0, settings, _rmsd,
-                              "teacher 0 by definition; student: RMS distance to the teacher-relaxed positions"))
+            rows.append(_rmsd_row(ref.name, t, s, settings))
     return rows
 
 # %% ../../nbs/04c_validate.ipynb #11609953
@@ -435,15 +437,7 @@ def validation_teacher(cfg: PipelineConfig):
     from pyacemaker.oracle.mace_wrapper import MaceSurrogate
     return MaceSurrogate.from_config(cfg.labeling.model_copy(update={"dtype": cfg.validation.teacher_dtype}))
 
-def teacher_calculator(cfg: PipelineConfig, surrogate=None):
-    "The teacher as an ASE calculator (the speed table's `mace_calculator`: mace's `MACECalculator`, same file and head)."
-    from pyacemaker.report.speed import mace_calculator
-    return mace_calculator(surrogate or validation_teacher(cfg))
 
-def student_calculator(d: Deliverables):
-    "pyace's calculator on a delivered `.yace` (E0 included), after checking the set's manifest."
-    open_delivered(d)
-    return ace_calculator(d.yace)
 
 # %% ../../nbs/04c_validate.ipynb #e8f9c789
 def validation_structures(cfg: PipelineConfig, model_elements: Sequence[str]) -> list[Reference]:
@@ -454,7 +448,7 @@ def validation_structures(cfg: PipelineConfig, model_elements: Sequence[str]) ->
     refs = reference_structures(elements) if v.references else []
     if v.structures is not None:
         if not Path(v.structures).is_file(): raise PyacemakerError(f"{v.structures}: validation.structures file not found")
-        refs += user_structures(v.structures, elements, cfg.training.cutoff)
+        refs += user_structures(v.structures, elements, cfg.training.cutoff, cfg.labeling.min_distance)
     if not refs: raise PyacemakerError("nothing to validate: validation.references is false and validation.structures is not set")
     return refs
 
@@ -494,30 +488,39 @@ def plot_rows(rows: Sequence[dict], title: str = "") -> plt.Figure:
     return fig
 
 # %% ../../nbs/04c_validate.ipynb #10b9d650
+#: how each model is drawn: label, colour, line style, marker style
+STYLES = {"teacher": ("teacher (MACE)", "k", "-", "-o"), "student": ("student (ACE)", "tab:red", "--", "--s")}
+
+def _results(teacher: dict, student: dict, name: str, key: str):
+    "(style, result) of each model that computed `key` for structure `name`."
+    for who, res in (("teacher", teacher), ("student", student)):
+        v = res["structures"][name].get(key, {})
+        if v and _ok(v): yield STYLES[who], v
+
+def _panels_of(res: dict, key: str, width: float, height: float) -> tuple[plt.Figure, list]:
+    "One panel per structure for which `res` computed `key`: the figure and its (axis, structure name) pairs."
+    names = _computed(res, key)
+    fig, axes = _panels(len(names), width, height)
+    return fig, list(zip(axes, names))
+
 def plot_eos(teacher: dict, student: dict) -> plt.Figure:
     "E(V) per atom of both models for every structure with an equation of state, each relative to its own minimum."
-    names = _computed(teacher, "eos")
-    fig, axes = _panels(len(names), 3.6, 3.2)
-    for ax, name in zip(axes, names):
-        for res, style, who in ((teacher, "-o", "teacher (MACE)"), (student, "--s", "student (ACE)")):
-            e = res["structures"][name].get("eos", {})
-            if not _ok(e): continue
+    fig, panels = _panels_of(teacher, "eos", 3.6, 3.2)
+    for ax, name in panels:
+        for (who, _, _, style), e in _results(teacher, student, name, "eos"):
             n = e["n_atoms"]
             v, en = np.array(e["volumes_A3"]) / n, (np.array(e["energies_eV"]) - e["e0_eV"]) / n * 1e3
             ax.plot(v, en, style, ms=3, lw=1, label=f"{who}: B0 {e['B0_GPa']:.0f} GPa")
         ax.set_title(name, fontsize=9); ax.set_xlabel("volume per atom [Å³]"); ax.legend(fontsize=7)
-    axes[0].set_ylabel("E − E0 [meV/atom]")
+    fig.axes[0].set_ylabel("E − E0 [meV/atom]")
     return fig
 
 # %% ../../nbs/04c_validate.ipynb #04c28587
 def plot_phonons(teacher: dict, student: dict) -> plt.Figure:
     "Phonon bands of both models overlaid on the same path, per structure."
-    names = _computed(teacher, "phonons")
-    fig, axes = _panels(len(names), 4.2, 3.4)
-    for ax, name in zip(axes, names):
-        for res, color, ls, who in ((teacher, "k", "-", "teacher (MACE)"), (student, "tab:red", "--", "student (ACE)")):
-            p = res["structures"][name].get("phonons", {})
-            if not _ok(p): continue
+    fig, panels = _panels_of(teacher, "phonons", 4.2, 3.4)
+    for ax, name in panels:
+        for (who, color, ls, _), p in _results(teacher, student, name, "phonons"):
             ax.plot(p["x"], p["frequencies_THz"], color=color, ls=ls, lw=1)
             ax.plot([], [], color=color, ls=ls, label=who)
         p = teacher["structures"][name]["phonons"]
@@ -525,7 +528,7 @@ def plot_phonons(teacher: dict, student: dict) -> plt.Figure:
         ax.set_xticks(p["special_x"], [("Γ" if l == "G" else l) for l in p["labels"]], fontsize=7)
         ax.set_xlim(p["x"][0], p["x"][-1]); ax.axhline(0, color="grey", lw=0.5)
         ax.set_title(name, fontsize=9); ax.legend(fontsize=7, loc="lower right")
-    axes[0].set_ylabel("frequency [THz]")
+    fig.axes[0].set_ylabel("frequency [THz]")
     return fig
 
 # %% ../../nbs/04c_validate.ipynb #c9a64304
@@ -534,10 +537,8 @@ def plot_rdf(teacher: dict, student: dict) -> plt.Figure:
     keys = [(n, k) for n, t in teacher["structures"].items() for k in t if k.startswith("rdf ") and _ok(t[k])]
     fig, axes = _panels(len(keys), 3.6, 3.0)
     for ax, (name, key) in zip(axes, keys):
-        for res, color, ls, who in ((teacher, "k", "-", "teacher"), (student, "tab:red", "--", "student")):
-            g = res["structures"][name].get(key, {})
-            if _ok(g) and g: ax.plot(g["r_A"], g["g"], color=color, ls=ls, lw=1,
-                                     label=f"{who} ({g['steps_per_s']:.0f} MD steps/s, {g['n_atoms']} atoms)")
+        for (who, color, ls, _), g in _results(teacher, student, name, key):
+            ax.plot(g["r_A"], g["g"], color=color, ls=ls, lw=1, label=f"{who.split()[0]} ({g['steps_per_s']:.0f} MD steps/s, {g['n_atoms']} atoms)")
         ax.set_title(f"{name}, {key[4:]}", fontsize=9); ax.set_xlabel("r [Å]"); ax.legend(fontsize=6)
     axes[0].set_ylabel("g(r)")
     return fig
@@ -555,17 +556,6 @@ def _scalars(res: dict) -> dict:
                                         "dos", "dos_THz", "r_A", "g", "volumes_A3", "energies_eV", "positions")}
         return v
     return {"structures": {n: clean(s) for n, s in res["structures"].items()}, "mu_eV": res["mu_eV"], "wall_s": res["wall_s"]}
-
-def _json_default(o):
-    "numpy scalars and arrays in JSON."
-    if isinstance(o, np.generic): return o.item()
-    if isinstance(o, np.ndarray): return o.tolist()
-    if isinstance(o, Path): return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-def _write_json(path: Path, data: dict) -> Path:
-    with atomic_output(path, overwrite=True) as tmp: tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-    return path
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     with atomic_output(path, overwrite=True) as tmp: fig.savefig(tmp, dpi=110, format="png")
@@ -592,8 +582,10 @@ def validate(cfg: PipelineConfig, potential: str | None = None, progress: bool =
     t0 = time.perf_counter()
     d = delivered_set(cfg, potential)
     manifest = open_delivered(d)
+    stale = stale_note(cfg, d, manifest)
+    if stale and progress: print(f"validate: note: {stale}", flush=True)
     surrogate = validation_teacher(cfg)
-    student_calc, teacher_calc = ace_calculator(d.yace), teacher_calculator(cfg, surrogate)   # the set was checked just above
+    student_calc, teacher_calc = ace_calculator(d.yace), mace_calculator(surrogate)   # the set was checked just above
     structures = validation_structures(cfg, surrogate.elements)
     proto = Protocol(float(cfg.training.cutoff), cfg.validation)
     result = validate_models(teacher_calc, student_calc, structures, proto, progress)
@@ -606,16 +598,16 @@ def validate(cfg: PipelineConfig, potential: str | None = None, progress: bool =
     for k, fig in figs.items():
         _save(fig, files[k])
         if not show: plt.close(fig)
-    _write_json(files["curves"], {"teacher": _curves(result["teacher"]), "student": _curves(result["student"])})
+    write_json(files["curves"], {"teacher": _curves(result["teacher"]), "student": _curves(result["student"])})
     out = {"potential": str(d.yace), "delivery": {"name": d.name, "mode": manifest.get("mode"), "key": manifest.get("key"),
-                                                  "manifest_sha256": file_sha256(d.manifest)},
+                                                  "manifest_sha256": file_sha256(d.manifest), "stale": stale},
            "teacher": {"model": str(cfg.labeling.model), "head": surrogate.head, "dtype": cfg.validation.teacher_dtype},
            "settings": cfg.validation.model_dump(mode="json"), "cutoff_A": proto.cutoff, "min_height_A": proto.min_height_A,
            "summary": result["summary"], "properties": result["properties"],
            "models": {"teacher": _scalars(result["teacher"]), "student": _scalars(result["student"])},
            "files": {k: str(v) for k, v in files.items() if k in figs or k in ("json", "curves")},
            "wall_s": time.perf_counter() - t0}
-    _write_json(files["json"], out)
+    write_json(files["json"], out)
     return out
 
 # %% ../../nbs/04c_validate.ipynb #41923576
@@ -636,4 +628,5 @@ def format_validation(result: dict, rows: bool = True) -> str:
                  + (f", {s['n_not_computed']} not computed" if s["n_not_computed"] else "")
                  + (f"; worst: {worst}" if not s["passed"] else "; all pass")
                  + (f" ({result['wall_s']:.0f} s)" if "wall_s" in result else ""))
+    if stale := result.get("delivery", {}).get("stale"): lines.append(f"note: {stale}")
     return "\n".join(lines)

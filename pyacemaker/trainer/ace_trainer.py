@@ -10,7 +10,6 @@ import ctypes
 import importlib.metadata
 import importlib.util
 import json
-import logging
 import os
 import re
 import shlex
@@ -31,17 +30,17 @@ from fastcore.basics import patch
 
 from .. import __version__
 from ..domain_models.config import AceTrainingConfig, PyacemakerError
-from ..utils.io import (ExistingOutput, OutputError, atomic_output, file_sha256, read_json, read_training_table,
+from ..kit.calculators import import_pyace
+from ..kit.layout import Deliverables, DeliveryError, recover_delivery, stage_delivery, swap_in
+from ..utils.io import (ExistingOutput, OutputError, atomic_output, read_json, read_training_table,
                                  table_frames)
 from ..utils.progress import progress as progress_bar
 
 # %% auto #0
-__all__ = ['FS_EXPONENTS', 'RUN_FILES', 'ITERATION', 'DISPLAY_ITERATION', 'STAMP', 'fs_parameters', 'weighting_section',
-           'pacemaker_input', 'split_train_test', 'PacemakerNotFound', 'PacemakerError', 'install_hint', 'find_tool',
-           'check_pacemaker', 'Deliverables', 'root_logger_kept', 'import_pyace', 'yace_elements', 'set_yace_e0',
-           'yaml_to_yace', 'record_reference_energies', 'lammps_inputs', 'DeliveryError', 'stage_delivery', 'swap_in',
-           'recover_delivery', 'open_delivered', 'start_child', 'stop_child', 'FitResult', 'ITrainer',
-           'PacemakerWrapper']
+__all__ = ['FS_EXPONENTS', 'ITERATION', 'DISPLAY_ITERATION', 'STAMP', 'fs_parameters', 'weighting_section', 'pacemaker_input',
+           'split_train_test', 'PacemakerNotFound', 'PacemakerError', 'install_hint', 'find_tool', 'check_pacemaker',
+           'yace_elements', 'set_yace_e0', 'yaml_to_yace', 'record_reference_energies', 'lammps_inputs', 'start_child',
+           'stop_child', 'FitResult', 'ITrainer', 'PacemakerWrapper']
 
 # %% ../../nbs/03_trainer.ipynb #6398889b
 FS_EXPONENTS = [1.0, 0.5, 2.0, 0.75, 0.25, 1.5, 0.125, 3.0]
@@ -131,58 +130,7 @@ def check_pacemaker(executable: str = "pacemaker") -> str:
                                 f"not installed; {install_hint()}")
     return exe
 
-# %% ../../nbs/03_trainer.ipynb #8613ab32
-@dataclass(frozen=True)
-class Deliverables:
-    "The delivered files of a fit: `models_dir/NAME.*`, named in one place."
-    models_dir: Path
-    name: str = "ace_base"
-
-    def file(self, suffix: str) -> Path: return Path(self.models_dir) / f"{self.name}{suffix}"
-    @property
-    def yace(self) -> Path: return self.file(".yace")
-    @property
-    def yaml(self) -> Path: return self.file(".yaml")
-    @property
-    def asi(self) -> Path: return self.file(".asi")
-    @property
-    def manifest(self) -> Path: return self.file(".delivery.json")
-    @property
-    def staging(self) -> Path: return Path(self.models_dir) / f".{self.name}.staging"
-    def table(self, split: str) -> Path: return self.file(f"_{split}.pckl.gzip")
-    def pred(self, split: str) -> Path: return self.file(f"_{split}_pred.pckl.gzip")
-    def metrics(self, split: str) -> Path: return self.file(f"_{split}_metrics.txt")
-
-    @classmethod
-    def of(cls, potential: str | Path) -> "Deliverables":
-        "The deliverables around a `.yace` path (e.g. `cfg.path(cfg.ace_model_file)`)."
-        p = Path(potential)
-        return cls(p.parent, p.stem)
-
-#: run-folder file → delivered name (suffix after NAME)
-RUN_FILES = {"output_potential.yace": ".yace", "output_potential.yaml": ".yaml", "output_potential.asi": ".asi",
-             "input.yaml": "_input.yaml", "metrics.txt": "_train_metrics.txt", "test_metrics.txt": "_test_metrics.txt",
-             "train_pred.pckl.gzip": "_train_pred.pckl.gzip", "test_pred.pckl.gzip": "_test_pred.pckl.gzip",
-             "train.pckl.gzip": "_train.pckl.gzip", "test.pckl.gzip": "_test.pckl.gzip", "log.txt": "_fit_log.txt",
-             "lammps.in": ".lammps", "lammps_extrapolation.in": "_extrapolation.lammps"}
-
 # %% ../../nbs/03_trainer.ipynb #28d8b76a
-@contextlib.contextmanager
-def root_logger_kept():
-    "Within the block, imports may set up the root logger (pyace's modules do); afterwards its level and handlers are as before."
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    try: yield
-    finally:
-        root.setLevel(level)
-        for h in list(root.handlers):
-            if h not in handlers: root.removeHandler(h)
-
-def import_pyace():
-    "Import pyace, undoing the root-logger setup it does on import."
-    with root_logger_kept(): import pyace
-    return pyace
-
 def yace_elements(yace: str | Path) -> list[str]:
     "The elements of a `.yace` file, in its own order."
     with open(yace) as f:
@@ -230,62 +178,6 @@ def lammps_inputs(d: Deliverables, elements: list[str]) -> dict[str, str]:
                      "thermo_style    custom step temp pe etotal press c_maxgamma\n"
                      "# energies from the .yaml are E - sum(E0): the .yaml cannot carry E0 (forces and gamma are unaffected)\n")
     return {"lammps.in": pace, "lammps_extrapolation.in": extrapolation}
-
-# %% ../../nbs/03_trainer.ipynb #944d6352
-class DeliveryError(PyacemakerError):
-    "The delivered set in models/ is missing, incomplete or mixed with files of another fit."
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    "Hard-link `src` as `dst` (no second copy of a big table), or copy where links are impossible."
-    try: os.link(src, dst)
-    except OSError: shutil.copyfile(src, dst)
-
-def stage_delivery(run_dir: Path, d: Deliverables, manifest: dict) -> Path:
-    "Copy a finished run's files into the staging folder and write the set's manifest last."
-    if d.staging.exists(): shutil.rmtree(d.staging)
-    d.staging.mkdir(parents=True)
-    files = {}
-    for src, suffix in RUN_FILES.items():
-        if (Path(run_dir) / src).exists():
-            dst = d.staging / f"{d.name}{suffix}"
-            _link_or_copy(Path(run_dir) / src, dst)
-            files[dst.name] = file_sha256(dst)
-    with atomic_output(d.staging / d.manifest.name) as tmp: tmp.write_text(json.dumps({**manifest, "files": files}, indent=1))
-    return d.staging
-
-def swap_in(d: Deliverables) -> dict:
-    "Move a complete staging folder's files into models/, manifest last; drop files only the old set had."
-    new = read_json(d.staging / d.manifest.name)
-    old = read_json(d.manifest)
-    for name in new["files"]:
-        if (d.staging / name).exists(): os.replace(d.staging / name, Path(d.models_dir) / name)
-    os.replace(d.staging / d.manifest.name, d.manifest)
-    for name in set(old.get("files", {})) - set(new["files"]):
-        with contextlib.suppress(FileNotFoundError): (Path(d.models_dir) / name).unlink()
-    shutil.rmtree(d.staging, ignore_errors=True)
-    return new
-
-def recover_delivery(d: Deliverables) -> None:
-    "Finish a swap a kill interrupted (complete staging), or drop an incomplete staging folder."
-    if not d.staging.exists(): return
-    if (d.staging / d.manifest.name).exists(): swap_in(d)
-    else: shutil.rmtree(d.staging, ignore_errors=True)
-
-def open_delivered(d: Deliverables, verify: bool = True) -> dict:
-    "The manifest of the delivered set, after recovery; every file checked against its recorded SHA-256."
-    recover_delivery(d)
-    if not d.manifest.exists():
-        hint = f" ({d.yace.name} is there but has no {d.manifest.name}: delivered by an older pyacemaker; refit with --overwrite)" \
-               if d.yace.exists() else ""
-        raise DeliveryError(f"{d.yace}: no fitted potential here{hint}; run step 6 first (pyacemaker fit / run)")
-    manifest = read_json(d.manifest)
-    for name, digest in manifest.get("files", {}).items() if verify else []:
-        p = Path(d.models_dir) / name
-        if not p.exists(): raise DeliveryError(f"{p}: missing from the delivered set ({d.manifest.name}); refit with --overwrite")
-        if file_sha256(p) != digest:
-            raise DeliveryError(f"{p}: does not belong to the delivered set (its SHA-256 differs from {d.manifest.name}: "
-                                "edited, or left by an interrupted copy); refit with --overwrite")
-    return manifest
 
 # %% ../../nbs/03_trainer.ipynb #d860a45b
 def _die_with_parent() -> None:
@@ -390,10 +282,11 @@ def _tool(name: str, args: list[str], run_dir: Path) -> None:
 
 # %% ../../nbs/03_trainer.ipynb #2cdf2ae2
 @patch
-def fit(self: ITrainer, train_file: Path, test_file: Path | None, run_dir: Path, deliverables: Deliverables,
-        e0: dict[str, float], key: str = "", overwrite: bool = False, resume: bool = False, dry_run: bool = False) -> FitResult:
-    "Fit in `run_dir` and deliver the set (`deliverables`); a dry run prepares the run folder and stops."
-    run_dir, d = Path(run_dir), deliverables
+def fit(self: ITrainer, tables: tuple[Path, Path | None], run_dir: Path, deliverables: Deliverables, e0: dict[str, float],
+        record: dict | None = None, overwrite: bool = False, resume: bool = False, dry_run: bool = False) -> FitResult:
+    "Fit the (train, test) tables in `run_dir` and deliver the set; `record` (its `key`, …) goes into the manifest; a dry run prepares and stops."
+    run_dir, d, (train_file, test_file), record = Path(run_dir), deliverables, tables, dict(record or {})
+    key = record.setdefault("key", "")
     recover_delivery(d)
     if d.yace.exists() and not overwrite and not dry_run:
         raise ExistingOutput(f"{d.yace} already exists; refusing to overwrite a finished potential (use --overwrite)")
@@ -404,7 +297,7 @@ def fit(self: ITrainer, train_file: Path, test_file: Path | None, run_dir: Path,
     if dry_run: return result
     t0 = time.perf_counter()
     result.update(self.run(run_dir, resume=resume))
-    result["manifest"] = self.deliver(run_dir, d, e0, {"key": key, "resumed_from": result.get("resumed_from", 0)})
+    result["manifest"] = self.deliver(run_dir, d, e0, {**record, "resumed_from": result.get("resumed_from", 0)})
     result["seconds"] = time.perf_counter() - t0
     return result
 

@@ -24,6 +24,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+from ase.neighborlist import neighbor_list as ase_neighbor_list
 from matscipy.neighbours import neighbour_list
 
 from ..domain_models.config import PyacemakerError
@@ -31,11 +32,12 @@ from ..domain_models.config import PyacemakerError
 # %% auto #0
 __all__ = ['MIN_ATOM_LINE', 'MAX_CELL_LENGTH', 'VACUUM_MARGIN', 'LOCK_HEARTBEAT_S', 'LOCK_STALE_S', 'LABEL_KEYS', 'TABLE_COLUMNS',
            'StructureError', 'MissingInput', 'ExistingOutput', 'OutputError', 'where', 'open_text', 'iter_frame_texts',
-           'parse_frame', 'iter_frames', 'CellError', 'periodic_equivalent', 'cell_kind', 'shortest_distance',
-           'frame_problem', 'check_structure', 'file_sha256', 'read_json', 'os_problem', 'check_output_path',
-           'atomic_output', 'write_frames', 'remove_stale_temporaries', 'RunLocked', 'run_lock', 'stress_to_virial',
-           'virial_to_stress', 'frame_labels', 'table_row', 'training_table', 'write_training_table',
-           'read_training_table', 'table_frames', 'check_training_set', 'write_pacemaker_extxyz']
+           'parse_frame', 'iter_frames', 'CellError', 'cell_heights', 'periodic_equivalent', 'cell_kind',
+           'shortest_distance', 'min_distance', 'frame_problem', 'check_structure', 'file_sha256', 'read_json',
+           'os_problem', 'check_output_path', 'atomic_output', 'write_frames', 'write_json', 'remove_stale_temporaries',
+           'RunLocked', 'run_lock', 'stress_to_virial', 'virial_to_stress', 'frame_labels', 'table_row',
+           'training_table', 'write_training_table', 'read_training_table', 'table_frames', 'check_training_set',
+           'write_pacemaker_extxyz']
 
 # %% ../../nbs/01_io.ipynb #d7e35e93
 class StructureError(PyacemakerError, ValueError):
@@ -128,7 +130,7 @@ def _periodic_span(cell: np.ndarray, pbc: np.ndarray) -> float:
     p = cell[pbc]
     return float(np.sqrt(max(np.linalg.det(p @ p.T), 0.0))) if len(p) else 1.0
 
-def _heights(cell: np.ndarray) -> np.ndarray:
+def cell_heights(cell: np.ndarray) -> np.ndarray:
     "Distance between opposite faces of a cell, per cell vector (0 for a degenerate cell)."
     vol = abs(np.linalg.det(cell))
     areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
@@ -140,7 +142,7 @@ def _keeps_gap(atoms: Atoms, cutoff: float) -> bool:
     if abs(np.linalg.det(cell)) < 1e-9: return False
     frac = np.linalg.solve(cell.T, atoms.positions.T).T
     spread = frac.max(axis=0) - frac.min(axis=0)
-    h = _heights(cell)
+    h = cell_heights(cell)
     return all(h[i] * (1 - spread[i]) > cutoff for i in np.flatnonzero(~atoms.pbc))
 
 def periodic_equivalent(atoms: Atoms, cutoff: float) -> Atoms:
@@ -183,6 +185,20 @@ def shortest_distance(atoms: Atoms, within: float) -> tuple[float, int, int] | N
     if len(d) == 0: return None
     k = int(np.argmin(d))
     return float(d[k]), int(i[k]), int(j[k])
+
+def min_distance(atoms: Atoms, cutoff: float = 4.0) -> float:
+    "Shortest interatomic distance (Å, periodic images included): `cutoff` if no pair is closer, NaN for non-finite positions."
+    if len(atoms) < 2 and not atoms.pbc.any(): return float(cutoff)
+    if not np.isfinite(atoms.positions).all(): return float("nan")
+    if atoms.pbc.all() and len(atoms) > 1:                 # minimum image of every pair, vectorised: an MD step's cost
+        cell = atoms.cell.array
+        s = atoms.positions @ np.linalg.inv(cell)
+        i, j = np.triu_indices(len(atoms), 1)
+        ds = s[i] - s[j]; ds -= np.round(ds)
+        d = float(np.sqrt(np.min(np.sum((ds @ cell) ** 2, axis=1))))
+        if d < cell_heights(cell).min() / 2: return min(d, float(cutoff))   # then no other image can be closer
+    d = ase_neighbor_list("d", atoms, cutoff)
+    return float(d.min()) if d.size else float(cutoff)
 
 def frame_problem(atoms: Atoms, elements: Iterable[str] | None = None, min_distance: float = 0.0,
                   owner: str = "the model") -> str | None:
@@ -274,6 +290,18 @@ def _fsync_dir(folder: Path) -> None:
 def write_frames(frames: Iterable[Atoms], path: str | Path, overwrite: bool = False) -> Path:
     "Write structures (with their calculator results) as extxyz, atomically."
     with atomic_output(path, overwrite) as tmp: write(tmp, list(frames), format="extxyz")
+    return Path(path)
+
+def _json_default(o):
+    "numpy scalars and arrays, and paths, in JSON."
+    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, np.ndarray): return o.tolist()
+    if isinstance(o, Path): return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+def write_json(path: str | Path, record: dict) -> Path:
+    "Write a JSON record (numpy values and paths allowed) under a temporary name, then rename: `read_json`'s counterpart."
+    with atomic_output(path, overwrite=True) as tmp: tmp.write_text(json.dumps(record, indent=1, default=_json_default))
     return Path(path)
 
 def _pid_alive(pid: int) -> bool:
@@ -448,16 +476,12 @@ def check_training_set(df: pd.DataFrame, elements: Iterable[str], cutoff: float,
         raise StructureError(f"{path}: {len(df)} structure(s) are too few for a fit with training.test_size {test_size} "
                              f"(need at least {need}; set test_size: 0 to fit without a test set)")
     if not any(shortest_distance(at, cutoff) for at in df.ase_atoms):
-        near = min((d for d in map(_nearest_pair, df.ase_atoms) if d), default=None)
-        found = f"shortest distance {near[0]:.2f} Å" if near else "no pair within 16 Å"
+        near = min(min_distance(a, 16.0) for a in df.ase_atoms)
+        found = f"shortest distance {near:.2f} Å" if near < 16.0 else "no pair within 16 Å"
         raise StructureError(f"{path}: no two atoms of any structure are within training.cutoff {cutoff:g} Å ({found}); "
                              "the ACE potential would see no neighbours")
 
-def _nearest_pair(atoms: Atoms) -> tuple[float, int, int] | None:
-    "The shortest distance of a structure, searched within growing radii up to 16 Å."
-    for r in (2.0, 4.0, 8.0, 16.0):
-        if found := shortest_distance(atoms, r): return found
-    return None
+
 
 # %% ../../nbs/01_io.ipynb #23e8649e
 def write_pacemaker_extxyz(frames: Iterable[Atoms], path: str | Path, overwrite: bool = False) -> Path:

@@ -13,10 +13,10 @@ import numpy as np
 import psutil
 import pytest
 
-from pyacemaker.orchestrator import (fit_dir, fit_key, reference_energies, run_pipeline, run_step5, run_step6,
+from pyacemaker.kit.layout import Deliverables, fit_dir, open_delivered
+from pyacemaker.orchestrator import (fit_key, reference_energies, run_pipeline, run_step5, run_step6,
                                      write_fit_inputs)
-from pyacemaker.trainer.ace_trainer import (Deliverables, PacemakerError, PacemakerWrapper, open_delivered,
-                                            yace_elements)
+from pyacemaker.trainer.ace_trainer import PacemakerError, PacemakerWrapper, yace_elements
 from pyacemaker.utils.io import (ExistingOutput, MissingInput, cell_kind, iter_frames, periodic_equivalent,
                                  read_training_table, table_frames, write_frames)
 
@@ -250,7 +250,7 @@ def resumed_fit(tmp_path_factory, mixed_frames, make_pipeline_config):
     outcome = {}
 
     def fit():
-        try: outcome["result"] = wrapper.fit(train, test, run_dir, delivered(cfg), e0, key=key)
+        try: outcome["result"] = wrapper.fit((train, test), run_dir, delivered(cfg), e0, record={"key": key})
         except BaseException as err: outcome["error"] = err
 
     t0 = time.perf_counter()

@@ -5,8 +5,8 @@ import numpy as np
 import yaml
 
 from pyacemaker.demo_data import cluster_cell, slab_cell
-from pyacemaker.refine import base_set, iteration_dir, refine, refined_set
-from pyacemaker.trainer.ace_trainer import open_delivered
+from pyacemaker.kit.layout import base_set, iteration_dir, open_delivered, refined_set
+from pyacemaker.refine import refine
 from pyacemaker.utils.io import file_sha256, write_frames
 
 

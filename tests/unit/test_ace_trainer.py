@@ -22,12 +22,13 @@ import yaml
 
 from pyacemaker.demo_data import demo_step4_path, mixed_step4_frames
 from pyacemaker.domain_models.config import AceTrainingConfig
-from pyacemaker.trainer.ace_trainer import (DeliveryError, Deliverables, PacemakerError, PacemakerNotFound,
-                                            PacemakerWrapper, check_pacemaker, fs_parameters, import_pyace,
-                                            install_hint, open_delivered, pacemaker_input, recover_delivery,
-                                            split_train_test, weighting_section, yace_elements)
+from pyacemaker.kit.calculators import import_pyace
+from pyacemaker.kit.layout import Deliverables, DeliveryError, open_delivered, recover_delivery
+from pyacemaker.trainer.ace_trainer import (PacemakerError, PacemakerNotFound, PacemakerWrapper, check_pacemaker,
+                                            fs_parameters, install_hint, pacemaker_input, split_train_test,
+                                            weighting_section, yace_elements)
 from pyacemaker.trainer.linear_fit import LinearAceTrainer
-from pyacemaker.utils.io import (ExistingOutput, iter_frames, read_training_table, table_frames, training_table,
+from pyacemaker.utils.io import (ExistingOutput, file_sha256, read_json, iter_frames, read_training_table, table_frames, training_table,
                                  write_training_table)
 
 PYACE = Path(inspect.getfile(import_pyace())).parent
@@ -379,7 +380,7 @@ def test_dry_run_starts_no_process_and_deletes_nothing(tmp_path, tables, monkeyp
     models = tmp_path / "models"
     d = Deliverables(models)
     LinearAceTrainer(cfg(max_basis_grade=8), progress=False, active_set=False).fit(
-        tables[0], tables[1], tmp_path / "old_fit", d, tables[2], key="old")
+        tables[:2], tmp_path / "old_fit", d, tables[2], record={"key": "old"})
     run_dir = tmp_path / "fit"; run_dir.mkdir()
     (run_dir / "checkpoint.yaml").write_text("kept"); (run_dir / "output_potential.yaml").write_text("kept too")
     before_models, before_run = files_digest(models), files_digest(run_dir)
@@ -387,7 +388,7 @@ def test_dry_run_starts_no_process_and_deletes_nothing(tmp_path, tables, monkeyp
     def forbidden(*a, **k): raise AssertionError("a process was started in a dry run")
     monkeypatch.setattr(subprocess, "Popen", forbidden)
     monkeypatch.setattr(subprocess, "run", forbidden)
-    res = PacemakerWrapper(cfg(), executable="no-such-pacemaker").fit(*tables[:2], run_dir, d, tables[2], dry_run=True)
+    res = PacemakerWrapper(cfg(), executable="no-such-pacemaker").fit(tables[:2], run_dir, d, tables[2], dry_run=True)
     assert res["dry_run"] and "no-such-pacemaker input.yaml" in res["command"] and "dry run" in repr(res)
     assert files_digest(models) == before_models
     after = files_digest(run_dir)
@@ -397,7 +398,7 @@ def test_dry_run_starts_no_process_and_deletes_nothing(tmp_path, tables, monkeyp
 
 def test_missing_pacemaker_names_the_install_line_and_mock(tmp_path, tables):
     with pytest.raises(PacemakerNotFound) as e:
-        PacemakerWrapper(cfg(), executable="no-such-pacemaker").fit(*tables[:2], tmp_path / "fit",
+        PacemakerWrapper(cfg(), executable="no-such-pacemaker").fit(tables[:2], tmp_path / "fit",
                                                                      Deliverables(tmp_path / "models"), tables[2])
     msg = str(e.value)
     assert msg.startswith("pacemaker ('no-such-pacemaker') is not installed; ") and install_hint() in msg
@@ -452,7 +453,7 @@ def test_cli_fit_without_tensorflow_is_one_line_and_starts_nothing(tmp_path, lab
 def test_failing_pacemaker_raises_with_log_tail_and_delivers_nothing(tmp_path, tables):
     exe = fake(tmp_path, "for i in $(seq 1 40); do echo \"line $i\"; done\necho 'KeyError: energy_corrected' >&2\nexit 1\n")
     with pytest.raises(PacemakerError, match=r"pacemaker exited with status 1 in .*fit") as e:
-        PacemakerWrapper(cfg(), executable=exe, progress=False).fit(*tables[:2], tmp_path / "fit",
+        PacemakerWrapper(cfg(), executable=exe, progress=False).fit(tables[:2], tmp_path / "fit",
                                                                     Deliverables(tmp_path / "models"), tables[2])
     text = str(e.value) + "\n" + getattr(e.value, "detail", "")
     assert "KeyError: energy_corrected" in text and "line 40" in text and "line 5\n" not in text   # the tail, not all
@@ -464,7 +465,7 @@ def test_failing_pacemaker_raises_with_log_tail_and_delivers_nothing(tmp_path, t
 def test_pacemaker_without_output_is_an_error(tmp_path, tables):
     exe = fake(tmp_path, "echo 'Fitting done'\nexit 0\n")
     with pytest.raises(PacemakerError, match="wrote no output_potential.yaml"):
-        PacemakerWrapper(cfg(), executable=exe, progress=False).fit(*tables[:2], tmp_path / "fit",
+        PacemakerWrapper(cfg(), executable=exe, progress=False).fit(tables[:2], tmp_path / "fit",
                                                                     Deliverables(tmp_path / "models"), tables[2])
     assert not (tmp_path / "models").exists()
 
@@ -473,12 +474,12 @@ def test_finished_potential_is_checked_before_any_work(tmp_path, tables):
     models = tmp_path / "models"
     d = Deliverables(models)
     LinearAceTrainer(cfg(max_basis_grade=8), progress=False, active_set=False).fit(
-        tables[0], tables[1], tmp_path / "old_fit", d, tables[2], key="old")
+        tables[:2], tmp_path / "old_fit", d, tables[2], record={"key": "old"})
     before = files_digest(models)
     marker = tmp_path / "started"
     exe = fake(tmp_path, f"touch {marker}\nexit 1\n")
     with pytest.raises(ExistingOutput, match="ace_base.yace already exists; refusing to overwrite a finished potential"):
-        PacemakerWrapper(cfg(), executable=exe).fit(*tables[:2], tmp_path / "fit", d, tables[2])
+        PacemakerWrapper(cfg(), executable=exe).fit(tables[:2], tmp_path / "fit", d, tables[2])
     assert not (tmp_path / "fit").exists() and not marker.exists()
     assert files_digest(models) == before
 
@@ -492,7 +493,7 @@ def two_sets(tmp_path, tables):
     for name, grade in (("A", 8), ("B", 12)):
         d = Deliverables(tmp_path / f"models_{name}")
         LinearAceTrainer(cfg(max_basis_grade=grade), progress=False, active_set=False).fit(
-            tables[0], tables[1], tmp_path / f"fit_{name}", d, tables[2], key=f"key-{name}")
+            tables[:2], tmp_path / f"fit_{name}", d, tables[2], record={"key": f"key-{name}"})
         sets[name] = d
     models = tmp_path / "models"
     shutil.copytree(sets["A"].models_dir, models)
@@ -521,7 +522,7 @@ def test_kill_between_renames_is_finished_by_the_next_reader(two_sets, tmp_path)
     n_files = len(json.loads((d.staging / d.manifest.name).read_text())["files"])
     code = textwrap.dedent(f"""
         import os, signal
-        from pyacemaker.trainer.ace_trainer import Deliverables, swap_in
+        from pyacemaker.kit.layout import Deliverables, swap_in
         real, done = os.replace, [0]
         def replace(src, dst):
             real(src, dst); done[0] += 1
@@ -569,32 +570,38 @@ def test_files_only_the_old_set_had_are_removed(two_sets):
     assert open_delivered(d)["key"] == "key-B"
 
 
-def test_a_foreign_or_missing_file_is_detected(two_sets):
+def test_a_foreign_or_missing_file_is_restored_or_refused(two_sets):
+    """A file of another fit dropped into models/, or a missing one, is restored from the run folder; if that cannot, refused."""
     d, a, b = two_sets
+    good = file_sha256(d.yace)
     shutil.copyfile(b.yace, d.yace)                                          # a potential of another fit, dropped in
-    with pytest.raises(DeliveryError, match=r"ace_base.yace: does not belong to the delivered set \(its SHA-256 differs "
-                                            r"from ace_base.delivery.json"):
+    open_delivered(d)
+    assert file_sha256(d.yace) == good                                       # restored from the set's run folder
+    run = d.models_dir / read_json(d.manifest)["run_dir"]
+    shutil.copyfile(b.yace, d.yace); shutil.copyfile(b.yace, run / "output_potential.yace")
+    with pytest.raises(DeliveryError, match=r"ace_base.yace: does not belong to the delivered set \(SHA-256 of "
+                                            r"ace_base.delivery.json.*cannot restore it; run step 6 \(pyacemaker fit / run\) --overwrite"):
         open_delivered(d)
     shutil.copyfile(a.yace, d.yace)
-    open_delivered(d)
-    d.table("test").unlink()
-    with pytest.raises(DeliveryError, match=r"missing from the delivered set \(ace_base.delivery.json\); refit with --overwrite"):
+    d.table("test").unlink(); (run / "test.pckl.gzip").unlink()
+    with pytest.raises(DeliveryError, match=r"ace_base_test.pckl.gzip: missing from the delivered set"):
         open_delivered(d)
 
 
 def test_a_potential_without_manifest_is_not_a_delivered_set(tmp_path):
     d = Deliverables(tmp_path / "models")
-    with pytest.raises(DeliveryError, match=r"ace_base.yace: no fitted potential here; run step 6 first"):
+    with pytest.raises(DeliveryError, match=r"ace_base.yace: no fitted potential here; run step 6 \(pyacemaker fit / run\) first"):
         open_delivered(d)
     d.models_dir.mkdir(); d.yace.write_text("old")
-    with pytest.raises(DeliveryError, match=r"has no ace_base.delivery.json: delivered by an older pyacemaker; refit with --overwrite"):
+    with pytest.raises(DeliveryError, match=r"has no ace_base.delivery.json: delivered by an older pyacemaker\); run step 6"):
         open_delivered(d)
 
 
 def test_overwrite_whose_new_fit_fails_keeps_the_previous_set(tmp_path, labeled, make_pipeline_config):
     """`fit --overwrite` with a failing pacemaker: models/ byte-identical, and the report still pairs the old
     potential with its own tables."""
-    from pyacemaker.orchestrator import fit_dir, run_pipeline, run_step6
+    from pyacemaker.kit.layout import fit_dir
+    from pyacemaker.orchestrator import run_pipeline, run_step6
     from pyacemaker.report.parity import write_report
     frames, _ = labeled
     old = make_pipeline_config(tmp_path, frames, mock=True, max_basis_grade=8)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from pyacemaker.demo_data import demo_model_card, demo_step4_path, teacher_errors
+from pyacemaker.demo_data import demo_model_card, demo_step4_path, teacher_vs_emt
 
 
 def test_loads_with_mace_calculator(model_path):
@@ -16,7 +16,7 @@ def test_loads_with_mace_calculator(model_path):
 
 def test_recorded_errors_vs_emt_are_reproduced(model_path):
     recorded = demo_model_card()["test_vs_emt"]
-    measured = teacher_errors(model_path, n_test=recorded["n_test"])
+    measured = teacher_vs_emt(model_path, n_test=recorded["n_test"])
     for key in ("energy_rmse_meV_per_atom", "forces_rmse_meV_per_A", "stress_rmse_GPa"):
         assert measured[key] == pytest.approx(recorded[key], rel=1e-6), key
     assert recorded["energy_rmse_meV_per_atom"] < 10 and recorded["forces_rmse_meV_per_A"] < 200

@@ -230,7 +230,7 @@ def test_arguments(data, lab, tmp_path):
     with pytest.raises(MissingInput, match="structure file not found"):
         label_file_distributed(tmp_path / "missing.xyz", tmp_path / "o.xyz", lab, workers=2)
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):     # no scheduler there: nothing is left behind
-        with pytest.raises(OSError, match="127.0.0.1:9"):
+        with pytest.raises(dist.DistributedError, match=r"--scheduler tcp://127.0.0.1:9: cannot reach the dask scheduler"):
             label_file_distributed(src, tmp_path / "o.xyz", lab, scheduler="tcp://127.0.0.1:9", progress=False)
     assert list(tmp_path.iterdir()) == []
 
@@ -248,7 +248,7 @@ def test_without_dask(data, model_path, tmp_path, monkeypatch):
             with dist.dask_client(workers=2):
                 pass
         with pytest.raises(PyacemakerError, match="needs dask.distributed"):       # the one entry point says the same
-            label(src, tmp_path / "o.xyz", lab, workers=2, progress=False)
+            label(src, tmp_path / "o.xyz", lab, cluster=dist.Cluster(workers=2), progress=False)
         assert list(tmp_path.iterdir()) == []
         three = write_frames(read(src, ":3"), tmp_path / "three.xyz")
         label(three, tmp_path / "local.xyz", lab, progress=False)

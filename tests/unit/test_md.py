@@ -4,11 +4,14 @@ import json
 import numpy as np
 import pytest
 
-from pyacemaker.report.md import (MD_KEYS, format_md_summary, md_calculator, md_check, md_metrics, md_stable, md_structures,
-                                  min_distance, min_distance_threshold, nve_drift_meV_per_atom_per_ps, perturbed_potential,
-                                  plot_md, run_md, teacher_errors)
-from pyacemaker.utils.io import read_training_table, table_frames
-from pyacemaker.trainer.ace_trainer import DeliveryError
+from pyacemaker.domain_models.config import MDCheckConfig
+from pyacemaker.kit.calculators import ace_calculator
+from pyacemaker.kit.dynamics import Thermostat
+from pyacemaker.kit.layout import DeliveryError
+from pyacemaker.report.md import (MD_KEYS, format_md_summary, md_check, md_metrics, md_stable, md_structures,
+                                  min_distance_threshold, nve_drift_meV_per_atom_per_ps, perturbed_potential, plot_md, run_md,
+                                  student_vs_teacher)
+from pyacemaker.utils.io import min_distance, read_training_table, table_frames
 
 SHORT = dict(temperatures_K=(300.0, 1000.0), steps=150, nve_steps=100, snapshots=4)
 
@@ -26,7 +29,7 @@ def potential(fitted_pipeline):
 @pytest.fixture(scope="module")
 def good(potential, surrogate32):
     yaml, asi, frames, names = potential
-    return md_check(yaml, asi, frames, names=names, surrogate=surrogate32, **SHORT)
+    return md_check(yaml, asi, frames, MDCheckConfig(**SHORT), names=names, surrogate=surrogate32)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def broken(potential, tmp_path_factory):
     "The same potential with every basis coefficient negated: atoms attract at short range."
     yaml, asi, frames, names = potential
     bad = perturbed_potential(yaml, tmp_path_factory.mktemp("bad") / "wrong_sign.yaml", sign=-1)
-    return md_check(bad, asi, frames, names=names, **SHORT)
+    return md_check(bad, asi, frames, MDCheckConfig(**SHORT), names=names)
 
 
 def test_fitted_potential_passes(good):
@@ -66,9 +69,9 @@ def test_teacher_errors_on_trajectory(good):
 def test_teacher_errors_energy_convention(potential, surrogate32):
     "On training structures the teacher's (E − ΣE0)/N is the table's energy_corrected: errors match the direct ones."
     yaml, asi, frames, names = potential
-    calc = md_calculator(yaml)
+    calc = ace_calculator(yaml)
     sample = frames[:6]
-    err = teacher_errors(sample, calc, surrogate32)
+    err = student_vs_teacher(sample, calc, surrogate32)
     direct = []
     for a in sample:
         at = a.copy(); at.calc = calc
@@ -111,20 +114,20 @@ def test_structures_and_threshold(potential):
 
 def test_calculator_needs_the_yaml(potential):
     yaml, asi, _, _ = potential
-    with pytest.raises(DeliveryError, match="needs the B-basis .yaml"): md_calculator(yaml.with_suffix(".yace"), asi)
-    with pytest.raises(FileNotFoundError, match="active set not found"): md_calculator(yaml, yaml.with_suffix(".nope"))
+    with pytest.raises(DeliveryError, match="needs the B-basis .yaml"): ace_calculator(yaml.with_suffix(".yace"), asi)
+    with pytest.raises(DeliveryError, match="active set not found"): ace_calculator(yaml, yaml.with_suffix(".nope"))
 
 
 def test_without_active_set_gamma_is_nan(potential):
     yaml, _, frames, names = potential
-    md = md_check(yaml, None, frames, names=names, structures=1, temperatures_K=(300.0,), steps=20, nve_steps=5, snapshots=0)
+    md = md_check(yaml, None, frames, MDCheckConfig(structures=1, temperatures_K=[300.0], steps=20, nve_steps=5, snapshots=0), names=names)
     assert md["stable"] and not md["extrapolating"] and md_metrics(md)["runs"][0]["max_gamma"] is None
 
 
 def test_stability_criteria(potential):
     "Each criterion fails on its own: too close, NaN, too hot after equilibration; drift is the NVE slope."
     yaml, asi, frames, names = potential
-    tr = run_md(md_calculator(yaml, asi), md_structures(frames, 1, names)[0][1], 300.0, steps=100, nve_steps=40, snapshots=0)
+    tr = run_md(ace_calculator(yaml, asi), md_structures(frames, 1, names)[0][1], Thermostat(300.0), steps=100, nve_steps=40, snapshots=0)
     assert md_stable(tr, 1.5) == (True, "stable")
     assert tr["snapshots"] == [] and len(tr["time_fs"]) == 141
     def edit(key, i, value):

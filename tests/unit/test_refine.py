@@ -7,8 +7,8 @@ import pytest
 
 from pyacemaker.cli import main
 from pyacemaker.demo_data import cluster_cell, demo_step4_path, slab_cell
-from pyacemaker.refine import (RefineError, base_set, explore, iteration_dir, refine, refine_dir, refined_set,
-                               seed_structures)
+from pyacemaker.kit.layout import base_set, iteration_dir, refine_dir, refined_set
+from pyacemaker.refine import RefineError, explore, refine, seed_structures
 from pyacemaker.utils.io import file_sha256, iter_frames, read_json, write_frames
 
 #: short walkers: enough for a bulk-only student to leave its data from a slab and a cluster
@@ -83,8 +83,9 @@ def test_fresh_exploration_of_the_refined_student_stays_closer(refined, tmp_path
     cfg, seeds, _, _ = refined
     s = seed_structures(cfg, seeds)
     b, r = base_set(cfg), refined_set(cfg)
-    old = explore(cfg, (b.yaml, b.asi), s, tmp_path / "base", seed=99)
-    new = explore(cfg, (r.yaml, r.asi), s, tmp_path / "refined", seed=99)
+    other = cfg.model_copy(update={"refine": cfg.refine.model_copy(update={"seed": 99})})
+    old = explore(other, (b.yaml, b.asi), s, tmp_path / "base")
+    new = explore(other, (r.yaml, r.asi), s, tmp_path / "refined")
     assert new["max_gamma"] < old["max_gamma"]
     assert new["n_candidates"] < old["n_candidates"]
 
@@ -186,7 +187,7 @@ def test_cli_and_other_settings(refined, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| round |" in out and "delivered" in out
     other = load_config(config); other.refine.gamma_select = 3.0
-    with pytest.raises(RefineError, match="holds a refinement of other refine; --overwrite starts over"):
+    with pytest.raises(RefineError, match=r"holds a refinement of other settings \(refine.gamma_select 2.0 → 3.0\); --overwrite starts over"):
         refine(other, seeds=seeds, progress=False)
     assert main(["refine", str(config), "--seeds", str(seeds), "--iterations", "-1"]) == 2
     assert "--iterations must be 0 or more" in capsys.readouterr().err

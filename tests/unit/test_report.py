@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from ase.units import GPa
 
-from pyacemaker.report.parity import (METRICS_KEYS, ace_calculator, ace_predictions, extrapolating, extrapolation_grades,
-                                      format_summary, parity_metrics, plot_parity, reports_dir, write_report)
-from pyacemaker.trainer.ace_trainer import DeliveryError, Deliverables, open_delivered
-from pyacemaker.utils.io import read_training_table, table_frames
+from pyacemaker.kit.calculators import ace_calculator
+from pyacemaker.kit.layout import Deliverables, DeliveryError, open_delivered, reports_dir
+from pyacemaker.report.parity import (METRICS_KEYS, ace_predictions, extrapolating, extrapolation_grades, format_summary,
+                                      parity_metrics, plot_parity, write_report)
+from pyacemaker.utils.io import file_sha256, read_json, read_training_table, table_frames
 
 
 def delivered(cfg) -> Deliverables:
@@ -174,7 +175,7 @@ def test_a_set_without_active_set_records_the_skipped_extrapolation(tmp_path, mo
 
 def test_no_report_without_a_potential(tmp_path, make_pipeline_config, mixed_frames):
     cfg = make_pipeline_config(tmp_path, mixed_frames[:3])
-    with pytest.raises(DeliveryError, match=r"ace_base.yace: no fitted potential here; run step 6 first"):
+    with pytest.raises(DeliveryError, match=r"ace_base.yace: no fitted potential here; run step 6 \(pyacemaker fit / run\) first"):
         write_report(cfg, speed=False, md=False)
     assert not reports_dir(cfg).exists()
 
@@ -184,8 +185,16 @@ def test_no_report_from_a_tampered_set(tmp_path, mock_pipeline):
     work = tmp_path / "copy"
     shutil.copytree(cfg.work_dir, work, ignore=shutil.ignore_patterns("reports"))
     c = cfg.model_copy(update={"work_dir": work})
-    table = delivered(c).table("test")
-    table.write_bytes(delivered(c).table("train").read_bytes())            # another table under the test table's name
-    with pytest.raises(DeliveryError, match=r"ace_base_test.pckl.gzip: does not belong to the delivered set"):
+    table, yace = delivered(c).table("test"), delivered(c).yace
+    kept = table.read_bytes()
+    yace.write_bytes(yace.read_bytes()[:100])                                # a truncated .yace: restored from the run folder
+    assert write_report(c, speed=False, md=False)["test"]["n_structures"] > 0
+    assert file_sha256(yace) == read_json(delivered(c).manifest)["files"][yace.name]
+    shutil.rmtree(reports_dir(c))
+    run_table = delivered(c).models_dir / read_json(delivered(c).manifest)["run_dir"] / "test.pckl.gzip"
+    table.unlink(); table.write_bytes(delivered(c).table("train").read_bytes())   # another table under the test table's name ...
+    run_table.unlink(); run_table.write_bytes(table.read_bytes())                 # ... and in the run folder too
+    with pytest.raises(DeliveryError, match=r"ace_base_test.pckl.gzip: does not belong to the delivered set .* its run folder "
+                                            r"cannot restore it; run step 6 \(pyacemaker fit / run\) --overwrite"):
         write_report(c, speed=False, md=False)
-    assert not reports_dir(c).exists()
+    assert not reports_dir(c).exists() and kept
