@@ -419,7 +419,7 @@ def _fit_iteration(run: _Run, k: int, potential: tuple[Path, Path]) -> tuple[Pat
             with atomic_output(initial) as tmp: tmp.write_bytes(Path(potential[0]).read_bytes())
         trainer = refine_trainer(cfg, initial, run.hooks.progress, run.executable)
         resume = isinstance(trainer, PacemakerWrapper) and (fit / "checkpoint.yaml").exists()
-        trainer.fit((train_file, test_file), fit, d, run.e0, record={"key": key, "base_manifest_sha256": file_sha256(base_set(cfg).manifest)},
+        trainer.fit((train_file, test_file), fit, d, run.e0, record={"key": key, "base_manifest_sha256": run.state["identity"]["base_manifest_sha256"]},
                     overwrite=True, resume=resume)
     return fit / "output_potential.yaml", fit / "output_potential.asi"
 

@@ -103,6 +103,35 @@ def make_pipeline_config():
     return pipeline_config
 
 
+def refine_config(work, n_bulk, loop, **training):
+    """A mock pipeline config on the demo's first `n_bulk` bulk cells, with the refine settings `loop`."""
+    cfg = pipeline_config(work, list(itertools.islice(iter_frames(demo_step4_path()), n_bulk)), mock=True, **training)
+    cfg.refine = cfg.refine.model_copy(update=loop)
+    return cfg
+
+
+def bulk_student(work, n_bulk, loop, seed, **training):
+    """A mock (linear) student fitted on bulk cells only, and seeds it never saw, a slab and a cluster: (config, seed file)."""
+    from pyacemaker.demo_data import cluster_cell, slab_cell
+    from pyacemaker.orchestrator import run_pipeline
+    cfg = refine_config(work, n_bulk, loop, **training)
+    run_pipeline(cfg, progress=False, report=False)
+    rng = np.random.default_rng(seed)
+    return cfg, write_frames([slab_cell(rng), cluster_cell(rng, with_cell=False)], work / "seeds.xyz")
+
+
+@pytest.fixture(scope="session")
+def make_refine_config():
+    """`refine_config(work, n_bulk, loop, **training)` for the refine tests' work folders."""
+    return refine_config
+
+
+@pytest.fixture(scope="session")
+def make_bulk_student():
+    """`bulk_student(work, n_bulk, loop, seed, **training)`: the student and seeds the refine tests start from."""
+    return bulk_student
+
+
 @pytest.fixture(scope="session")
 def tiny_fit():
     return dict(TINY_FIT)

@@ -1,12 +1,11 @@
 """`pyacemaker refine`: a real loop (mock trainer, real MD, real teacher, real D-optimal selection) on a bulk-only student."""
-import itertools
 import json
 
 import numpy as np
 import pytest
 
 from pyacemaker.cli import main
-from pyacemaker.demo_data import cluster_cell, demo_step4_path, slab_cell
+from pyacemaker.demo_data import cluster_cell, slab_cell
 from pyacemaker.kit.layout import base_set, iteration_dir, refine_dir, refined_set
 from pyacemaker.refine import RefineError, explore, refine, seed_structures
 from pyacemaker.utils.io import file_sha256, iter_frames, read_json, write_frames
@@ -15,23 +14,14 @@ from pyacemaker.utils.io import file_sha256, iter_frames, read_json, write_frame
 LOOP = dict(temperatures_K=[1000.0], steps=60, gamma_every=5, max_new=6, error_snapshots=2, iterations=1)
 
 
-def _config(make_pipeline_config, work):
-    cfg = make_pipeline_config(work, list(itertools.islice(iter_frames(demo_step4_path()), 40)), mock=True,
-                               max_basis_grade=20)
-    cfg.refine = cfg.refine.model_copy(update=LOOP)
-    return cfg
+#: the bulk-only student: 40 demo cells, 20 functions per element
+STUDENT = dict(n_bulk=40, loop=LOOP, max_basis_grade=20)
 
 
 @pytest.fixture(scope="module")
-def bulk_student(tmp_path_factory, make_pipeline_config):
+def bulk_student(tmp_path_factory, make_bulk_student):
     """A mock (linear) student fitted on 40 bulk cells only, and seeds it never saw: a slab and a cluster."""
-    from pyacemaker.orchestrator import run_pipeline
-    work = tmp_path_factory.mktemp("refine")
-    cfg = _config(make_pipeline_config, work)
-    run_pipeline(cfg, progress=False, report=False)
-    rng = np.random.default_rng(2)
-    seeds = write_frames([slab_cell(rng), cluster_cell(rng, with_cell=False)], work / "seeds.xyz")
-    return cfg, seeds
+    return make_bulk_student(tmp_path_factory.mktemp("refine"), seed=2, **STUDENT)
 
 
 @pytest.fixture(scope="module")
@@ -104,31 +94,31 @@ r.refine = lambda *a, **kw: loop(*a, on_phase=hook, **kw)
 sys.exit(main(["refine", config, "--seeds", seeds, "--quiet"]))
 """
 
-def _copy_of_base(cfg0, make_pipeline_config, tmp_path):
+def _copy_of_base(cfg0, make_refine_config, tmp_path):
     "A new work folder holding the refined fixture's base potential and step-5 labels, nothing refined."
     import shutil
-    cfg = _config(make_pipeline_config, tmp_path)
+    cfg = make_refine_config(tmp_path, **STUDENT)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(cfg0.work_dir / "models", cfg.work_dir / "models", ignore=shutil.ignore_patterns("ace_refined*"))
     shutil.copy(cfg0.path(cfg0.step5_file), cfg.path(cfg.step5_file))
     return cfg
 
 
-def _stopped(refined, make_pipeline_config, tmp_path, sig: str, stop_at: str):
+def _stopped(refined, make_refine_config, tmp_path, sig: str, stop_at: str):
     "A copy of the refined fixture's base, and the finished `pyacemaker refine` process that got `sig` at `stop_at`."
     import os, subprocess, sys
     from pyacemaker.domain_models.config import dump_config
-    cfg = _copy_of_base(refined[0], make_pipeline_config, tmp_path)
+    cfg = _copy_of_base(refined[0], make_refine_config, tmp_path)
     config = dump_config(cfg, tmp_path / "pipeline.yaml")
     return cfg, subprocess.run([sys.executable, "-c", STOPPED_AT, str(config), str(refined[1]), sig, stop_at],
                                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.parametrize("stop_at", ["walker s0_1000K_w0", "teacher errors", "select", "label", "fit"])
-def test_resume_after_sigkill_in_each_phase(refined, make_pipeline_config, tmp_path, stop_at):
+def test_resume_after_sigkill_in_each_phase(refined, make_refine_config, tmp_path, stop_at):
     """SIGKILLed at the start of a phase (or after the first walker), a rerun continues there and ends as an uninterrupted run."""
     _, seeds, _, reference = refined
-    cfg, killed = _stopped(refined, make_pipeline_config, tmp_path, "SIGKILL", stop_at)
+    cfg, killed = _stopped(refined, make_refine_config, tmp_path, "SIGKILL", stop_at)
     assert killed.returncode == -9, killed.stderr
     state = read_json(refine_dir(cfg) / "state.json")
     assert state["iteration"] == 0 and state["phase"] == ("explore" if stop_at.startswith("walker") else stop_at)
@@ -145,9 +135,9 @@ def test_resume_after_sigkill_in_each_phase(refined, make_pipeline_config, tmp_p
     assert read_json(refine_dir(cfg) / "state.json")["phase"] == "done"
 
 
-def test_an_interrupt_says_what_is_kept(refined, make_pipeline_config, tmp_path):
+def test_an_interrupt_says_what_is_kept(refined, make_refine_config, tmp_path):
     """Ctrl-C inside the loop: the error carries one note naming the folder, iteration and phase, and how to continue."""
-    cfg = _copy_of_base(refined[0], make_pipeline_config, tmp_path)
+    cfg = _copy_of_base(refined[0], make_refine_config, tmp_path)
     def hook(k, phase):
         if phase == "select": raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt) as err: refine(cfg, seeds=refined[1], progress=False, on_phase=hook)
@@ -193,12 +183,12 @@ def test_cli_and_other_settings(refined, tmp_path, capsys):
     assert "--iterations must be 0 or more" in capsys.readouterr().err
 
 
-def test_sigkill_then_the_same_command_continues(refined, make_pipeline_config, tmp_path, pyacemaker_exe):
+def test_sigkill_then_the_same_command_continues(refined, make_refine_config, tmp_path, pyacemaker_exe):
     """A real `pyacemaker refine` process killed with SIGKILL after exploring; the same command finishes the loop."""
     import os, signal, subprocess, time
     from pyacemaker.domain_models.config import dump_config
     cfg0, seeds, _, reference = refined
-    cfg = _copy_of_base(cfg0, make_pipeline_config, tmp_path)
+    cfg = _copy_of_base(cfg0, make_refine_config, tmp_path)
     config = dump_config(cfg, tmp_path / "pipeline.yaml")
     cmd = [pyacemaker_exe, "refine", str(config), "--seeds", str(seeds), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -214,10 +204,10 @@ def test_sigkill_then_the_same_command_continues(refined, make_pipeline_config, 
     assert _history(refine(cfg, seeds=seeds, progress=False)) == _history(reference)
 
 
-def test_sigterm_in_md_stops_the_loop_and_keeps_finished_walkers(refined, make_pipeline_config, tmp_path):
+def test_sigterm_in_md_stops_the_loop_and_keeps_finished_walkers(refined, make_refine_config, tmp_path):
     """`pyacemaker refine` gets SIGTERM while its walkers run: exit 143, one line saying what is kept; the rerun ends as an uninterrupted run."""
     _, seeds, _, reference = refined
-    cfg, stopped = _stopped(refined, make_pipeline_config, tmp_path, "SIGTERM", "walker s0_1000K_w0")
+    cfg, stopped = _stopped(refined, make_refine_config, tmp_path, "SIGTERM", "walker s0_1000K_w0")
     assert stopped.returncode == 143, stopped.stderr
     assert stopped.stderr.strip().splitlines() == [
         f"pyacemaker refine: interrupted (SIGTERM): refine: finished phases are kept in {refine_dir(cfg)} "
@@ -245,12 +235,12 @@ def test_report_for_the_refined_set(refined, tmp_path):
     assert main(["report", str(config), "--potential", "ace_missing", "--no-speed", "--no-md"]) == 2
 
 
-def test_walkers_and_labels_on_dask_workers_equal_local(refined, make_pipeline_config, tmp_path):
+def test_walkers_and_labels_on_dask_workers_equal_local(refined, make_refine_config, tmp_path):
     """`pyacemaker refine CONFIG --workers 2`: the walkers ran on the workers, and the loop's records equal the local run's."""
     pytest.importorskip("distributed")
     from pyacemaker.domain_models.config import dump_config
     cfg0, seeds, _, reference = refined
-    cfg = _copy_of_base(cfg0, make_pipeline_config, tmp_path)
+    cfg = _copy_of_base(cfg0, make_refine_config, tmp_path)
     config = dump_config(cfg, tmp_path / "pipeline.yaml")
     assert main(["refine", str(config), "--seeds", str(seeds), "--workers", "2", "--quiet"]) == 0
     walkers = read_json(iteration_dir(cfg, 0) / "explore" / "explore.json")["walkers"]

@@ -1,6 +1,5 @@
 """Issue 23: refine, report and validate under a demanding user — one test per defect, on a real loop of two upfits
 (mock trainer, real MD, real teacher, real D-optimal selection) and real processes where the defect is about them."""
-import itertools
 import os
 import shutil
 import subprocess
@@ -12,42 +11,33 @@ import pytest
 from ase import Atoms
 
 from pyacemaker.cli import main
-from pyacemaker.demo_data import cluster_cell, demo_step4_path, slab_cell
-from pyacemaker.domain_models.config import ValidationConfig, dump_config, load_config
+from pyacemaker.domain_models.config import ValidationConfig, dump_config
 from pyacemaker.kit.layout import base_set, iteration_dir, open_delivered, refine_dir, refined_set, reports_dir
 from pyacemaker.refine import RefineError, refine, refine_tables
 from pyacemaker.report.validate import Reference, compare, user_structures, validation_structures
-from pyacemaker.utils.io import RunLocked, StructureError, file_sha256, iter_frames, read_json, write_frames
+from pyacemaker.utils.io import RunLocked, StructureError, file_sha256, read_json, write_frames
 
 #: short walkers, a low γ to select so that two rounds both upfit
 LOOP = dict(temperatures_K=[1000.0], steps=40, gamma_every=5, gamma_select=1.05, max_new=4, error_snapshots=1,
             iterations=2)
 
 
-def _config(make_pipeline_config, work):
-    cfg = make_pipeline_config(work, list(itertools.islice(iter_frames(demo_step4_path()), 30)), mock=True,
-                               max_basis_grade=16)
-    cfg.refine = cfg.refine.model_copy(update=LOOP)
-    return cfg
+#: the bulk-only student: 30 demo cells, 16 functions per element
+STUDENT = dict(n_bulk=30, loop=LOOP, max_basis_grade=16)
 
 
 @pytest.fixture(scope="module")
-def two_upfits(tmp_path_factory, make_pipeline_config):
+def two_upfits(tmp_path_factory, make_bulk_student):
     """A bulk-only mock student refined twice from a slab and a cluster: the folder a user has after `refine`."""
-    from pyacemaker.orchestrator import run_pipeline
-    work = tmp_path_factory.mktemp("hardening")
-    cfg = _config(make_pipeline_config, work)
-    run_pipeline(cfg, progress=False, report=False)
-    rng = np.random.default_rng(4)
-    seeds = write_frames([slab_cell(rng), cluster_cell(rng, with_cell=False)], work / "seeds.xyz")
+    cfg, seeds = make_bulk_student(tmp_path_factory.mktemp("hardening"), seed=4, **STUDENT)
     result = refine(cfg, seeds=seeds, progress=False)
     assert [h.get("fitted", False) for h in result["history"]] == [True, True, False], result["stop"]
     return cfg, seeds, result
 
 
-def _copy(cfg, make_pipeline_config, tmp_path, refined=True):
+def _copy(cfg, make_refine_config, tmp_path, refined=True):
     "A copy of the fixture's work folder (with or without its refinement) and its config file."
-    c = _config(make_pipeline_config, tmp_path)
+    c = make_refine_config(tmp_path, **STUDENT)
     shutil.rmtree(c.work_dir)
     shutil.copytree(cfg.work_dir, c.work_dir, ignore=None if refined else shutil.ignore_patterns("ace_refined*", "refine"))
     return c, dump_config(c, tmp_path / "pipeline.yaml")
@@ -75,10 +65,10 @@ sys.exit(main(["refine", config, "--seeds", seeds, "--quiet"]))
 """
 
 
-def test_1_overwrite_while_a_refinement_runs_is_refused_and_deletes_nothing(two_upfits, make_pipeline_config, tmp_path):
+def test_1_overwrite_while_a_refinement_runs_is_refused_and_deletes_nothing(two_upfits, make_refine_config, tmp_path):
     """A second `refine --overwrite` while a real `pyacemaker refine` process runs: refused naming the holder; the live loop finishes."""
     cfg0, seeds, _ = two_upfits
-    cfg, config = _copy(cfg0, make_pipeline_config, tmp_path, refined=False)
+    cfg, config = _copy(cfg0, make_refine_config, tmp_path, refined=False)
     ready, go = tmp_path / "ready", tmp_path / "go"
     proc = subprocess.Popen([sys.executable, "-c", PAUSED, str(config), str(seeds), str(ready), str(go)],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -98,10 +88,10 @@ def test_1_overwrite_while_a_refinement_runs_is_refused_and_deletes_nothing(two_
     assert read_json(refine_dir(cfg) / "state.json")["phase"] == "done"
 
 
-def test_2_report_after_two_upfits_and_no_stale_report(two_upfits, make_pipeline_config, tmp_path, monkeypatch, capsys):
+def test_2_report_after_two_upfits_and_no_stale_report(two_upfits, make_refine_config, tmp_path, monkeypatch, capsys):
     """Labels of different rounds have unique names; `report --potential ace_refined` works; a failed report leaves no old files."""
     cfg0, _, _ = two_upfits
-    cfg, config = _copy(cfg0, make_pipeline_config, tmp_path)
+    cfg, config = _copy(cfg0, make_refine_config, tmp_path)
     labeled = [iteration_dir(cfg, k) / "labeled.xyz" for k in (0, 1)]
     train, _ = refine_tables(cfg, open_delivered(base_set(cfg))["e0"], labeled)
     assert train.name.is_unique and {"iter_000/labeled.xyz:0", "iter_001/labeled.xyz:0"} <= set(train.name)
@@ -115,9 +105,9 @@ def test_2_report_after_two_upfits_and_no_stale_report(two_upfits, make_pipeline
     assert not any(p.exists() for p in stale)
 
 
-def test_4_fewer_iterations_than_done_is_refused_and_records_stay(two_upfits, make_pipeline_config, tmp_path):
+def test_4_fewer_iterations_than_done_is_refused_and_records_stay(two_upfits, make_refine_config, tmp_path):
     cfg0, seeds, _ = two_upfits
-    cfg, config = _copy(cfg0, make_pipeline_config, tmp_path)
+    cfg, config = _copy(cfg0, make_refine_config, tmp_path)
     before, delivered = _digests(refine_dir(cfg)), file_sha256(refined_set(cfg).yace)
     with pytest.raises(RefineError, match=r"holds 2 upfits \(ace_refined is the last of them\); --iterations 1 would deliver "
                                           r"fewer: give --iterations 2 or more, or --overwrite to start over"):
@@ -128,10 +118,10 @@ def test_4_fewer_iterations_than_done_is_refused_and_records_stay(two_upfits, ma
     assert file_sha256(refined_set(cfg).yace) == delivered
 
 
-def test_6_a_truncated_delivered_set_is_restored_not_reported_up_to_date(two_upfits, make_pipeline_config, tmp_path):
+def test_6_a_truncated_delivered_set_is_restored_not_reported_up_to_date(two_upfits, make_refine_config, tmp_path):
     from pyacemaker.orchestrator import run_pipeline
     cfg0, seeds, _ = two_upfits
-    cfg, _ = _copy(cfg0, make_pipeline_config, tmp_path)
+    cfg, _ = _copy(cfg0, make_refine_config, tmp_path)
     for d in (base_set(cfg), refined_set(cfg)):
         d.yace.write_bytes(d.yace.read_bytes()[:200])
     out = run_pipeline(cfg, progress=False, report=False)
@@ -145,12 +135,12 @@ def test_6_a_truncated_delivered_set_is_restored_not_reported_up_to_date(two_upf
 
 
 @pytest.mark.parametrize("scheduler", ["missing.json", "bad.json", "tcp://localhost"])
-def test_7_a_bad_scheduler_is_one_line(two_upfits, make_pipeline_config, tmp_path, capsys, model_path, scheduler):
+def test_7_a_bad_scheduler_is_one_line(two_upfits, make_refine_config, tmp_path, capsys, model_path, scheduler):
     pytest.importorskip("distributed")
     cfg0, seeds, _ = two_upfits
     (tmp_path / "bad.json").write_text('{"type": "Scheduler"}')
     where = scheduler if scheduler.startswith("tcp") else str(tmp_path / scheduler)
-    cfg, config = _copy(cfg0, make_pipeline_config, tmp_path)
+    cfg, config = _copy(cfg0, make_refine_config, tmp_path)
     runs = [["label", "--model", str(model_path), "--input", str(cfg.path(cfg.step4_file)), "--output", str(tmp_path / "o.xyz"),
              "--quiet", "--scheduler", where],
             ["refine", str(config), "--seeds", str(seeds), "--quiet", "--scheduler", where]]
@@ -160,10 +150,10 @@ def test_7_a_bad_scheduler_is_one_line(two_upfits, make_pipeline_config, tmp_pat
         assert len(err) == 1 and f"--scheduler {where}: " in err[0] and "Error" not in err[0], err
 
 
-def test_8_a_refined_set_of_an_earlier_base_is_stale(two_upfits, make_pipeline_config, tmp_path, capsys):
+def test_8_a_refined_set_of_an_earlier_base_is_stale(two_upfits, make_refine_config, tmp_path, capsys):
     from pyacemaker.orchestrator import run_step6
     cfg0, _, _ = two_upfits
-    cfg, config = _copy(cfg0, make_pipeline_config, tmp_path)
+    cfg, config = _copy(cfg0, make_refine_config, tmp_path)
     assert main(["report", str(config), "--potential", "ace_refined", "--no-speed", "--no-md"]) == 0
     assert "is stale" not in capsys.readouterr().out
     cfg.training = cfg.training.model_copy(update={"max_basis_grade": 12})
@@ -194,9 +184,9 @@ def test_9_no_library_exception_names_in_rows():
     assert out["relaxed"] == {"error": "spglib could not find the symmetry"}
 
 
-def test_10_the_same_seeds_under_another_name_and_what_changed(two_upfits, make_pipeline_config, tmp_path):
+def test_10_the_same_seeds_under_another_name_and_what_changed(two_upfits, make_refine_config, tmp_path):
     cfg0, seeds, reference = two_upfits
-    cfg, _ = _copy(cfg0, make_pipeline_config, tmp_path)
+    cfg, _ = _copy(cfg0, make_refine_config, tmp_path)
     renamed = shutil.copy(seeds, tmp_path / "my_seeds_v2.xyz")
     again = refine(cfg, seeds=renamed, progress=False)                      # content identical: the folder is reused
     assert [h["selected"] for h in again["history"]] == [h["selected"] for h in reference["history"]]
@@ -207,10 +197,10 @@ def test_10_the_same_seeds_under_another_name_and_what_changed(two_upfits, make_
         refine(other, seeds=renamed, progress=False)
 
 
-def test_11_messages_check_and_the_rmsd_row(two_upfits, make_pipeline_config, tmp_path, capsys):
+def test_11_messages_check_and_the_rmsd_row(two_upfits, make_refine_config, tmp_path, capsys):
     from pyacemaker.orchestrator import check_config
     cfg0, _, _ = two_upfits
-    cfg, config = _copy(cfg0, make_pipeline_config, tmp_path, refined=False)
+    cfg, config = _copy(cfg0, make_refine_config, tmp_path, refined=False)
     assert main(["report", str(config), "--potential", "ace_refined", "--no-speed", "--no-md"]) == 2
     assert "ace_refined.yace: no fitted potential here; run pyacemaker refine CONFIG first" in capsys.readouterr().err
     c = cfg.model_copy(update={"refine": cfg.refine.model_copy(update={"seeds": tmp_path / "nope.xyz"})})
