@@ -337,10 +337,22 @@ def mock_copy(mock_pipeline, tmp_path):
     return dump_config(cfg.model_copy(update={"work_dir": work}), tmp_path / "pipeline.yaml"), work
 
 
-def test_item6_a_corrupt_yace_in_report(mock_copy, capfd):
+def test_item6_a_corrupt_yace_in_report_is_restored_from_its_run_folder(mock_copy, capfd):
     config, work = mock_copy
     yace = work / "models" / "ace_base.yace"
-    yace.write_text(yace.read_text()[:200])                 # cut off, as by a full disk or an interrupted copy
+    intact = yace.read_bytes()
+    yace.write_bytes(intact[:200])                          # cut off, as by a full disk or an interrupted copy
+    rc, _, err = cli(capfd, "report", config, "--no-speed", "--no-md", "--quiet")
+    assert rc == 0, err
+    assert yace.read_bytes() == intact
+
+
+def test_item6_a_corrupt_yace_that_its_run_folder_cannot_restore_is_refused_in_report(mock_copy, capfd):
+    config, work = mock_copy
+    yace = work / "models" / "ace_base.yace"
+    run = yace.parent / json.loads((yace.parent / "ace_base.delivery.json").read_text())["run_dir"]
+    for p in (yace, run / "output_potential.yace"):
+        p.write_text(p.read_text()[:200])
     shutil.rmtree(work / "reports", ignore_errors=True)
     rc, _, err = cli(capfd, "report", config, "--no-speed", "--no-md", "--quiet")
     assert_one_line(rc, err, "report", yace)
