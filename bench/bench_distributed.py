@@ -22,8 +22,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pyacemaker.demo_data import demo_model_path, step4_frames
 from pyacemaker.domain_models.config import LabelingConfig
-from pyacemaker.oracle.chunked_run import RunFiles, chunks_of_texts, label_file, run_manifest, text_fingerprint
-from pyacemaker.oracle.distributed import dask_client, label_file_distributed, label_shard, model_spec
+from pyacemaker.oracle.chunked_run import Chunking, RunFiles, chunks_of_texts, label_file, run_manifest, text_fingerprint
+from pyacemaker.oracle.distributed import Cluster, dask_client, label_file_distributed, label_shard, model_spec
 from pyacemaker.oracle.mace_wrapper import MaceSurrogate
 from pyacemaker.utils.io import write_frames
 
@@ -42,7 +42,7 @@ def distributed_runs(src, work, n_workers, chunk):
     t0 = time.perf_counter()
     with dask_client(workers=n_workers) as client:
         start_s = time.perf_counter() - t0
-        run = lambda: label_file_distributed(src, work / f"d{n_workers}.xyz", lab, client=client, progress=False, overwrite=True)
+        run = lambda: label_file_distributed(src, work / f"d{n_workers}.xyz", lab, cluster=Cluster(client=client), progress=False, overwrite=True)
         cold_s, cold = timed(run)
         warm_s, warm = timed(run)
         rt = round_trip(client, src, work / f"tiny{n_workers}.xyz") if n_workers == 1 else None
@@ -91,7 +91,7 @@ def main():
     src = write_frames(frames, work / "step4.xyz")
 
     load_s, teacher = timed(lambda: MaceSurrogate(MODEL, dtype=DTYPE))
-    local_s, _ = timed(lambda: label_file(src, work / "local.xyz", teacher, chunk_size=args.chunk, progress=False))
+    local_s, _ = timed(lambda: label_file(src, work / "local.xyz", teacher, chunking=Chunking(args.chunk), progress=False))
     runs = [distributed_runs(src, work, w, args.chunk) for w in (1, 2)]
     ser = serialization(src, args.chunk)
     res = dict(n=args.n, atoms=n_atoms, chunk=args.chunk, dtype=DTYPE, cpus=os.cpu_count(), local_s=local_s,

@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import __version__
 from .domain_models.config import LabelingConfig, PipelineConfig, PyacemakerError
-from .oracle.chunked_run import LabelingSummary, RunFiles, input_fingerprint, label_file
+from .oracle.chunked_run import Chunking, LabelingSummary, RunFiles, input_fingerprint, label_file
 from .kit.layout import Deliverables, base_set, delivered_key, fit_dir, reports_dir
 from .oracle.distributed import Cluster
 from .oracle.mace_wrapper import MaceSurrogate
@@ -37,12 +37,9 @@ def label(input: str | Path, output: str | Path, labeling: LabelingConfig, resum
     "Label an extxyz file with the MACE surrogate of `labeling`: here, or on dask workers when `cluster` names a scheduler or workers."
     if cluster.wanted:
         from pyacemaker.oracle.distributed import label_file_distributed
-        return label_file_distributed(input, output, labeling, resume=resume, overwrite=overwrite, progress=progress,
-                                      scheduler=cluster.scheduler, workers=cluster.workers, client=cluster.client, on_chunk=on_chunk)
+        return label_file_distributed(input, output, labeling, resume, overwrite, progress, cluster, on_chunk)
     surrogate = MaceSurrogate.from_config(labeling)
-    return label_file(input, output, surrogate, chunk_size=labeling.chunk_size, resume=resume, overwrite=overwrite,
-                      progress=progress, on_chunk=on_chunk, min_distance=labeling.min_distance,
-                      skip_bad=labeling.skip_bad, keys=labeling.keys)
+    return label_file(input, output, surrogate, Chunking.of(labeling), resume, overwrite, progress, on_chunk)
 
 def run_step5(cfg: PipelineConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
               on_chunk: Callable[[int, int], None] | None = None, scheduler: str | None = None,

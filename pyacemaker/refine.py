@@ -231,7 +231,8 @@ def label_once(cfg: PipelineConfig, src: Path, dst: Path, client=None) -> Path |
     if not any(True for _ in iter_frames(src)): return None
     partial = RunFiles(dst).partial.exists()
     if client is None: label(src, dst, cfg.labeling, resume=partial, overwrite=not partial, progress=False)
-    else: label_file_distributed(src, dst, cfg.labeling, resume=partial, overwrite=not partial, progress=False, client=client)
+    else: label_file_distributed(src, dst, cfg.labeling, resume=partial, overwrite=not partial, progress=False,
+                                cluster=Cluster(client=client))
     return dst
 
 # %% ../nbs/05a_refine.ipynb #460201e9

@@ -26,7 +26,7 @@ from ..utils.progress import progress as progress_bar
 # %% auto #0
 __all__ = ['MANIFEST_KEYS', 'RunFiles', 'Scan', 'chunks_of_texts', 'text_fingerprint', 'combined_fingerprint',
            'input_fingerprint', 'scan_input', 'RunMismatch', 'run_manifest', 'manifest_provenance', 'open_partial',
-           'write_chunk', 'assemble', 'LabelingSummary', 'run_chunks', 'label_file']
+           'write_chunk', 'assemble', 'RunMode', 'LabelingSummary', 'run_chunks', 'Chunking', 'label_file']
 
 # %% ../../nbs/02a_chunked_run.ipynb #7d171139
 @dataclass(frozen=True)
@@ -194,6 +194,15 @@ def assemble(files: RunFiles, scan: Scan, manifest: dict, input: Path, overwrite
     return record
 
 # %% ../../nbs/02a_chunked_run.ipynb #b830585e
+@dataclass(frozen=True)
+class RunMode:
+    "How a run treats earlier work and reports: resume its chunks, overwrite a finished output, a progress bar, a callback per chunk."
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    on_chunk: Callable[[int, int], None] | None = None
+
+# %% ../../nbs/02a_chunked_run.ipynb #fe72b3b0
 class LabelingSummary(dict):
     "What a labeling run did: structures, atoms, wall time, throughput, output path, set-aside frames."
     def __repr__(self):
@@ -222,11 +231,11 @@ def _pending(input: Path, scan: Scan, done: set[int]) -> Iterator[tuple[int, str
         yield k, fp, texts
 
 def run_chunks(input: str | Path, output: str | Path, manifest: dict, elements: Iterable[str],
-               label_pending: Callable[[Iterator, dict], Iterator[tuple[int, int, int]]], resume: bool = False,
-               overwrite: bool = False, progress: bool = True, on_chunk: Callable[[int, int], None] | None = None,
+               label_pending: Callable[[Iterator, dict], Iterator[tuple[int, int, int]]], mode: RunMode = RunMode(),
                skip_bad: bool = False, what: str = "pyacemaker label") -> LabelingSummary:
     "Scan, open the run folder, label the pending chunks with `label_pending`, assemble; the shared skeleton of every run."
     input, files = Path(input), RunFiles(Path(output))
+    resume, overwrite, progress, on_chunk = mode.resume, mode.overwrite, mode.progress, mode.on_chunk
     _check_run_paths(input, files, resume, overwrite)
     with run_lock(files.lock, what):
         remove_stale_temporaries(files.output)        # its own, the record's and the rejected file's
@@ -253,7 +262,21 @@ def run_chunks(input: str | Path, output: str | Path, manifest: dict, elements: 
                            rejected=str(files.rejected), n_reused=n_done, seconds=dt, output=str(files.output),
                            structures_per_s=(n_now - n_done) / dt if dt > 0 else 0.0, atoms_per_s=atoms_now / dt if dt > 0 else 0.0)
 
-# %% ../../nbs/02a_chunked_run.ipynb #e7a767f6
+# %% ../../nbs/02a_chunked_run.ipynb #918d3fd5
+@dataclass(frozen=True)
+class Chunking:
+    "How an input file is cut and screened: structures per chunk, shortest allowed distance (Å), set bad frames aside, label keys."
+    size: int = 1000
+    min_distance: float = 0.0
+    skip_bad: bool = False
+    keys: str = "ase"
+
+    @classmethod
+    def of(cls, labeling) -> "Chunking":
+        "The chunking a `LabelingConfig` asks for."
+        return cls(labeling.chunk_size, labeling.min_distance, labeling.skip_bad, labeling.keys)
+
+# %% ../../nbs/02a_chunked_run.ipynb #651f2b8f
 def _label_here(surrogate: MaceSurrogate, input: Path, files: RunFiles, skip_bad: bool):
     "A `label_pending` that labels with `surrogate` in this process (settings from the manifest), writing each chunk in a second thread."
     def label_pending(pending: Iterator, manifest: dict) -> Iterator[tuple[int, int, int]]:
@@ -273,14 +296,12 @@ def _label_here(surrogate: MaceSurrogate, input: Path, files: RunFiles, skip_bad
             if waiting: waiting[0].result(); yield waiting[1]
     return label_pending
 
-def label_file(input: str | Path, output: str | Path, surrogate: MaceSurrogate, chunk_size: int = 1000,
+def label_file(input: str | Path, output: str | Path, surrogate: MaceSurrogate, chunking: Chunking = Chunking(),
                resume: bool = False, overwrite: bool = False, progress: bool = True,
-               on_chunk: Callable[[int, int], None] | None = None, min_distance: float = 0.0,
-               skip_bad: bool = False, keys: str = "ase") -> LabelingSummary:
+               on_chunk: Callable[[int, int], None] | None = None) -> LabelingSummary:
     "Label every structure of an extxyz file with MACE, streaming in durable chunks; write `output` when complete."
-    input, files = Path(input), RunFiles(Path(output))
-    if int(chunk_size) < 1: raise PyacemakerError(f"chunk_size must be at least 1, got {chunk_size}")
-    manifest = run_manifest(surrogate, chunk_size, min_distance, keys)
-    return run_chunks(input, output, manifest, surrogate.elements,
-                      _label_here(surrogate, input, files, skip_bad),
-                      resume, overwrite, progress, on_chunk, skip_bad)
+    input, files, c = Path(input), RunFiles(Path(output)), chunking
+    if int(c.size) < 1: raise PyacemakerError(f"chunk_size must be at least 1, got {c.size}")
+    manifest = run_manifest(surrogate, c.size, c.min_distance, c.keys)
+    return run_chunks(input, output, manifest, surrogate.elements, _label_here(surrogate, input, files, c.skip_bad),
+                      RunMode(resume, overwrite, progress, on_chunk), c.skip_bad)

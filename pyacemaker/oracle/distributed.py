@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 from ..domain_models.config import LabelingConfig, PyacemakerError
 from .chunked_run import (LabelingSummary, RunFiles, manifest_provenance, run_chunks, run_manifest,
-                                           write_chunk)
+                                           RunMode, write_chunk)
 from .mace_wrapper import FrameTexts, MaceSurrogate
 from ..utils.io import read_json
 
@@ -192,19 +192,18 @@ def _shards_on(client, input: Path, output: Path, spec: dict, skip_bad: bool, se
     return label_pending
 
 def label_file_distributed(input: str | Path, output: str | Path, labeling: LabelingConfig, resume: bool = False,
-                           overwrite: bool = False, progress: bool = True, scheduler: str | None = None,
-                           workers: int | None = None, client=None,
+                           overwrite: bool = False, progress: bool = True, cluster: Cluster = Cluster(),
                            on_chunk: Callable[[int, int], None] | None = None) -> LabelingSummary:
-    "`label_file` with the chunks labeled by dask workers: a cluster at `scheduler`, `workers` local processes, or `client`."
+    "`label_file` with the chunks labeled by dask workers: a `Cluster` (scheduler, local worker processes, or a client)."
     require_distributed()
-    _check_where(scheduler, workers, client)
+    _check_where(cluster.scheduler, cluster.workers, cluster.client)
     input, output = Path(input), Path(output).resolve()
     local = MaceSurrogate(labeling.model, device="cpu", dtype=labeling.dtype, head=labeling.head)   # elements and hashes
     manifest = run_manifest(local, labeling.chunk_size, labeling.min_distance, labeling.keys)
     manifest["compile"] = labeling.compile
     seen, load_s = set(), []
-    with dask_client(scheduler, workers, client) as c:     # connect before touching OUTPUT.partial
+    with cluster.connect() as c:                           # connect before touching OUTPUT.partial
         summary = run_chunks(input, output, manifest, local.elements,
                              _shards_on(c, input, output, model_spec(labeling), labeling.skip_bad, seen, load_s),
-                             resume, overwrite, progress, on_chunk, labeling.skip_bad, "pyacemaker label (distributed)")
+                             RunMode(resume, overwrite, progress, on_chunk), labeling.skip_bad, "pyacemaker label (distributed)")
     return LabelingSummary(summary, n_workers=len(seen), model_load_s=sum(load_s))

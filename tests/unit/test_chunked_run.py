@@ -18,7 +18,7 @@ from pyacemaker.cli import main
 from pyacemaker.demo_data import step4_frames
 from pyacemaker.domain_models.config import LabelingConfig
 from pyacemaker.orchestrator import label
-from pyacemaker.oracle.chunked_run import RunFiles, RunMismatch, label_file
+from pyacemaker.oracle.chunked_run import Chunking, RunFiles, RunMismatch, label_file
 from pyacemaker.oracle.mace_wrapper import MaceSurrogate
 from pyacemaker.utils.io import ExistingOutput, MissingInput, RunLocked, StructureError, write_frames
 
@@ -32,7 +32,7 @@ def thirty(tmp_path_factory, surrogate32):
     """30 step-4 cells and their labeling in one uninterrupted run (chunks of 5)."""
     work = tmp_path_factory.mktemp("thirty")
     src = frames_file(work / "in.xyz", step4_frames(30, seed=21))
-    label_file(src, work / "ref.xyz", surrogate32, chunk_size=5, progress=False)
+    label_file(src, work / "ref.xyz", surrogate32, chunking=Chunking(5), progress=False)
     return src, read(work / "ref.xyz", ":")
 
 
@@ -40,7 +40,7 @@ def thirty(tmp_path_factory, surrogate32):
 
 def test_output_is_readable_extxyz_with_a_record(surrogate32, step4_mixed, tmp_path):
     out = tmp_path / "step5_surrogate_labeled.xyz"
-    summary = label_file(step4_mixed, out, surrogate32, chunk_size=7, progress=False)
+    summary = label_file(step4_mixed, out, surrogate32, chunking=Chunking(7), progress=False)
     src = read(step4_mixed, ":")
     assert summary["n_structures"] == 20 and summary["n_rejected"] == 0 and summary["n_reused"] == 0
     assert summary["n_atoms"] == sum(len(a) for a in src)
@@ -67,8 +67,8 @@ def test_output_is_readable_extxyz_with_a_record(surrogate32, step4_mixed, tmp_p
 def test_mace_keys_are_read_by_mace_itself(surrogate64, step4_mixed, tmp_path):
     from mace.data.utils import KeySpecification, load_from_xyz
     ase_out, mace_out = tmp_path / "ase.xyz", tmp_path / "mace.xyz"
-    label_file(step4_mixed, ase_out, surrogate64, chunk_size=7, progress=False)
-    label_file(step4_mixed, mace_out, surrogate64, chunk_size=7, progress=False, keys="mace")
+    label_file(step4_mixed, ase_out, surrogate64, chunking=Chunking(7), progress=False)
+    label_file(step4_mixed, mace_out, surrogate64, chunking=Chunking(7, keys="mace"), progress=False)
     assert json.loads(RunFiles(mace_out).record.read_text())["keys"] == "mace"
     reference = read(ase_out, ":")
     frames = read(mace_out, ":")
@@ -118,16 +118,16 @@ def test_resume_after_an_exception_keeps_finished_chunks(surrogate32, thirty, tm
     out = tmp_path / "out.xyz"
     files = RunFiles(out)
     with pytest.raises(Stop) as e:
-        label_file(src, out, surrogate32, chunk_size=5, progress=False, on_chunk=stop_at(1))
+        label_file(src, out, surrogate32, chunking=Chunking(5), progress=False, on_chunk=stop_at(1))
     assert not out.exists() and not files.lock.exists()
     kept = sorted(p.name for p in files.partial.glob("chunk_*.xyz"))
     assert len(kept) >= 2 and kept[:2][0].startswith("chunk_000000_") and kept[1].startswith("chunk_000001_")
     assert e.value.__notes__ == [f"{len(kept)} of 6 chunks are finished and kept in {files.partial}; "
                                  "the same command with --resume continues from there"]
     with pytest.raises(ExistingOutput, match="unfinished labeling run is here; resume it"):
-        label_file(src, out, surrogate32, chunk_size=5, progress=False)
+        label_file(src, out, surrogate32, chunking=Chunking(5), progress=False)
     seen = []
-    summary = label_file(src, out, surrogate32, chunk_size=5, resume=True, progress=False,
+    summary = label_file(src, out, surrogate32, chunking=Chunking(5), resume=True, progress=False,
                          on_chunk=lambda k, n: seen.append(k))
     assert seen == list(range(len(kept), 6))                    # finished chunks are not labeled again
     assert summary["n_structures"] == 30 and summary["n_reused"] == 5 * len(kept)
@@ -177,7 +177,7 @@ def test_a_bad_frame_late_in_the_file_keeps_finished_chunks_and_a_fix_relabels_o
     out = tmp_path / "out.xyz"
     seen = []
     with pytest.raises(StructureError, match=r"bad\.xyz frame 27: MACE returned non-finite .*--skip-bad") as e:
-        label_file(bad, out, surrogate32, chunk_size=5, progress=False, on_chunk=lambda k, n: seen.append(k))
+        label_file(bad, out, surrogate32, chunking=Chunking(5), progress=False, on_chunk=lambda k, n: seen.append(k))
     assert "5 of 6 chunks are finished" in e.value.__notes__[0]
     assert set(seen) <= {0, 1, 2, 3, 4} and not out.exists()
     frames[7].positions[0, 0] += 0.01                            # chunk 1 changes as well
@@ -185,10 +185,10 @@ def test_a_bad_frame_late_in_the_file_keeps_finished_chunks_and_a_fix_relabels_o
     fixed = frames_file(tmp_path / "moved" / "fixed.xyz", frames)
     bad.unlink()
     seen = []
-    summary = label_file(fixed, out, surrogate32, chunk_size=5, resume=True, progress=False,
+    summary = label_file(fixed, out, surrogate32, chunking=Chunking(5), resume=True, progress=False,
                          on_chunk=lambda k, n: seen.append(k))
     assert sorted(seen) == [1, 5] and summary["n_reused"] == 20
-    label_file(fixed, tmp_path / "ref.xyz", surrogate32, chunk_size=5, progress=False)
+    label_file(fixed, tmp_path / "ref.xyz", surrogate32, chunking=Chunking(5), progress=False)
     assert_same_labels(out, read(tmp_path / "ref.xyz", ":"))
     assert json.loads(RunFiles(out).record.read_text())["input"] == str(fixed.resolve())
 
@@ -196,7 +196,7 @@ def test_a_bad_frame_late_in_the_file_keeps_finished_chunks_and_a_fix_relabels_o
 def interrupted_run(teacher, src, out, **kw):
     """A run of `src` into `out` stopped after its first chunk; the finished chunk files."""
     with pytest.raises(Stop):
-        label_file(src, out, teacher, progress=False, on_chunk=stop_at(0), **{"chunk_size": 5, **kw})
+        label_file(src, out, teacher, progress=False, on_chunk=stop_at(0), chunking=Chunking(**{"size": 5, **kw}))
     return sorted(RunFiles(out).partial.glob("chunk_*.xyz"))
 
 
@@ -211,9 +211,9 @@ def test_resume_with_other_settings_is_refused_naming_the_field(surrogate32, sur
     def refused(field, teacher, **kw):
         with pytest.raises(RunMismatch, match=rf"out\.xyz\.partial: cannot resume, the run differs in {field} \(was .*; "
                                               "use --overwrite to start over"):
-            label_file(src, out, teacher, resume=True, progress=False, **{"chunk_size": 5, **kw})
+            label_file(src, out, teacher, resume=True, progress=False, chunking=Chunking(**{"size": 5, **kw}))
     refused("dtype", surrogate64)
-    refused("chunk_size", surrogate32, chunk_size=6)
+    refused("chunk_size", surrogate32, size=6)
     refused("keys", surrogate32, keys="mace")
     refused("min_distance", surrogate32, min_distance=0.5)
     refused("compile", MaceSurrogate(model_path, dtype="float32", compile=True))
@@ -230,7 +230,7 @@ def test_a_renamed_copy_of_the_model_resumes_and_provenance_names_one_model(surr
     interrupted_run(MaceSurrogate(first, dtype="float32"), src, out)
     first.rename(renamed)
     seen = []
-    label_file(src, out, MaceSurrogate(renamed, dtype="float32"), chunk_size=5, resume=True, progress=False,
+    label_file(src, out, MaceSurrogate(renamed, dtype="float32"), chunking=Chunking(5), resume=True, progress=False,
                on_chunk=lambda k, n: seen.append(k))
     assert 0 not in seen
     frames = read(out, ":")
@@ -248,7 +248,7 @@ def test_skip_bad_sets_bad_frames_aside_with_their_reasons(surrogate32, tmp_path
     with_coincident_atoms(frames, 12)                              # found by MACE (NaN), min_distance 0
     src = frames_file(tmp_path / "in.xyz", frames)
     out = tmp_path / "out.xyz"
-    summary = label_file(src, out, surrogate32, chunk_size=5, progress=False, skip_bad=True)
+    summary = label_file(src, out, surrogate32, chunking=Chunking(5, skip_bad=True), progress=False)
     files = RunFiles(out)
     assert files.rejected.name == "out.rejected.xyz"
     assert summary["n_structures"] == 13 and summary["n_rejected"] == 3 and summary["rejected"] == str(files.rejected)
@@ -294,7 +294,7 @@ def test_unusable_input_is_refused_naming_file_and_frame_before_any_compute(surr
     monkeypatch.setattr(surrogate32, "runner", lambda *a, **kw: calls.append(1))
     out = tmp_path / "out.xyz"
     with pytest.raises((StructureError, MissingInput), match=expected):
-        label_file(p, out, surrogate32, chunk_size=2, progress=False)
+        label_file(p, out, surrogate32, chunking=Chunking(2), progress=False)
     assert calls == [] and sorted(x.name for x in tmp_path.iterdir()) == ([] if case == "missing" else ["bad.xyz"])
 
 

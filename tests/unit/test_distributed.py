@@ -14,7 +14,7 @@ from pyacemaker.demo_data import mixed_step4_frames, step4_frames
 from pyacemaker.domain_models.config import LabelingConfig, PyacemakerError
 from pyacemaker.oracle import distributed as dist
 from pyacemaker.oracle.chunked_run import RunFiles, RunMismatch
-from pyacemaker.oracle.distributed import dask_client, label_file_distributed
+from pyacemaker.oracle.distributed import Cluster, dask_client, label_file_distributed
 from pyacemaker.orchestrator import label
 from pyacemaker.utils.io import ExistingOutput, MissingInput, write_frames
 
@@ -54,7 +54,7 @@ def client():
 def test_equals_local_labeling(data, client, lab, tmp_path, assert_same_labels):
     src, reference = data
     seen = []
-    summary = label_file_distributed(src, tmp_path / "out.xyz", lab, progress=False, client=client,
+    summary = label_file_distributed(src, tmp_path / "out.xyz", lab, progress=False, cluster=Cluster(client=client),
                                      on_chunk=lambda k, n: seen.append((k, n)))
     assert_same_labels(tmp_path / "out.xyz", reference)
     assert any(not a.pbc.all() for a in reference)
@@ -119,7 +119,7 @@ def test_failed_shard_and_killed_worker(data, client, lab, tmp_path, assert_same
     client.run(install_failures, plan)
     seen = []
     try:
-        label_file_distributed(src, tmp_path / "out.xyz", lab, progress=False, client=client,
+        label_file_distributed(src, tmp_path / "out.xyz", lab, progress=False, cluster=Cluster(client=client),
                                on_chunk=lambda k, n: seen.append(k))
     finally:
         client.run(remove_failures)
@@ -140,14 +140,14 @@ def test_shard_failing_every_time_stops_the_run(data, client, lab, tmp_path, ass
     client.run(install_failures, {2: (None, "always")})
     try:
         with pytest.raises(RuntimeError, match="injected failure in shard 2") as e:
-            label_file_distributed(src, out, lab, progress=False, client=client)
+            label_file_distributed(src, out, lab, progress=False, cluster=Cluster(client=client))
     finally:
         client.run(remove_failures)
     assert "chunks are finished and kept in" in e.value.__notes__[0]
     wait_idle(client)
     assert not out.exists() and not any(p.name.startswith("chunk_000002_") for p in partial.iterdir())
     seen = []
-    label_file_distributed(src, out, lab, resume=True, progress=False, client=client, on_chunk=lambda k, n: seen.append(k))
+    label_file_distributed(src, out, lab, resume=True, progress=False, cluster=Cluster(client=client), on_chunk=lambda k, n: seen.append(k))
     assert 2 in seen and len(seen) < 9
     assert_same_labels(out, reference)
 
@@ -170,7 +170,7 @@ def test_resume_across_local_and_distributed(data, client, lab, tmp_path, assert
     out = tmp_path / "out.xyz"
     partial = RunFiles(out).partial
     chunks = lambda: sorted(p.name for p in partial.glob("chunk_*.xyz"))
-    dkw = dict(progress=False, client=client)
+    dkw = dict(progress=False, cluster=Cluster(client=client))
     with pytest.raises(Stop):
         label(src, out, lab, progress=False, on_chunk=stop_after(2))
     manifest = json.loads((partial / "manifest.json").read_text())
@@ -206,7 +206,7 @@ def test_skip_bad_on_workers_sets_aside_what_local_labeling_sets_aside(client, m
     src = write_frames(frames, tmp_path / "in.xyz")
     lab = LabelingConfig(model=model_path, dtype="float32", chunk_size=10, min_distance=0.0, skip_bad=True)
     local = label(src, tmp_path / "local.xyz", lab, progress=False)
-    distributed = label_file_distributed(src, tmp_path / "dist.xyz", lab, progress=False, client=client)
+    distributed = label_file_distributed(src, tmp_path / "dist.xyz", lab, progress=False, cluster=Cluster(client=client))
     assert local["n_rejected"] == distributed["n_rejected"] == 3
     assert local["n_structures"] == distributed["n_structures"] == 37
     assert_same_labels(tmp_path / "dist.xyz", read(tmp_path / "local.xyz", ":"))
@@ -216,22 +216,22 @@ def test_skip_bad_on_workers_sets_aside_what_local_labeling_sets_aside(client, m
     assert "MACE returned non-finite" in read(rejected_dist, "2").info["reject_reason"]
     strict = lab.model_copy(update={"skip_bad": False})
     with pytest.raises(PyacemakerError, match=r"in\.xyz frame 3: element Au is not in the model"):
-        label_file_distributed(src, tmp_path / "strict.xyz", strict, progress=False, client=client)
+        label_file_distributed(src, tmp_path / "strict.xyz", strict, progress=False, cluster=Cluster(client=client))
 
 
 def test_arguments(data, lab, tmp_path):
     src, _ = data
     with pytest.raises(dist.DistributedError, match="exactly one of"):
-        label_file_distributed(src, tmp_path / "o.xyz", lab, workers=2, scheduler="tcp://127.0.0.1:8786")
+        label_file_distributed(src, tmp_path / "o.xyz", lab, cluster=Cluster("tcp://127.0.0.1:8786", 2))
     with pytest.raises(dist.DistributedError, match="exactly one of"):
         label_file_distributed(src, tmp_path / "o.xyz", lab)
     with pytest.raises(dist.DistributedError, match="workers must be at least 1"):
-        label_file_distributed(src, tmp_path / "o.xyz", lab, workers=0, progress=False)
+        label_file_distributed(src, tmp_path / "o.xyz", lab, progress=False, cluster=Cluster(workers=0))
     with pytest.raises(MissingInput, match="structure file not found"):
-        label_file_distributed(tmp_path / "missing.xyz", tmp_path / "o.xyz", lab, workers=2)
+        label_file_distributed(tmp_path / "missing.xyz", tmp_path / "o.xyz", lab, cluster=Cluster(workers=2))
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):     # no scheduler there: nothing is left behind
         with pytest.raises(dist.DistributedError, match=r"--scheduler tcp://127.0.0.1:9: cannot reach the dask scheduler"):
-            label_file_distributed(src, tmp_path / "o.xyz", lab, scheduler="tcp://127.0.0.1:9", progress=False)
+            label_file_distributed(src, tmp_path / "o.xyz", lab, progress=False, cluster=Cluster("tcp://127.0.0.1:9"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -243,7 +243,7 @@ def test_without_dask(data, model_path, tmp_path, monkeypatch):
     try:
         importlib.reload(dist)
         with pytest.raises(PyacemakerError, match=r'needs dask.distributed.*pip install "dask\[distributed\]"'):
-            dist.label_file_distributed(src, tmp_path / "o.xyz", lab, workers=2)
+            dist.label_file_distributed(src, tmp_path / "o.xyz", lab, cluster=Cluster(workers=2))
         with pytest.raises(PyacemakerError, match="needs dask.distributed"):
             with dist.dask_client(workers=2):
                 pass

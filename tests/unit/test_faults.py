@@ -19,7 +19,7 @@ from pyacemaker.cli import main
 from pyacemaker.demo_data import step4_frames
 from pyacemaker.domain_models.config import ConfigError, LabelingConfig, PyacemakerError, dump_config, load_config
 from pyacemaker.oracle import chunked_run
-from pyacemaker.oracle.chunked_run import RunFiles, label_file
+from pyacemaker.oracle.chunked_run import Chunking, RunFiles, label_file
 from pyacemaker.oracle.mace_wrapper import MaceSurrogate
 from pyacemaker.orchestrator import label
 from pyacemaker.utils.io import OutputError, StructureError, write_frames
@@ -117,7 +117,7 @@ def test_items1_2_a_bad_frame_late_in_the_file_is_found_by_the_scan_before_any_c
     src = replace_frame(write_frames(step4_frames(30, seed=21), tmp_path / "in.xyz"), 28, text)
     seen = []
     with pytest.raises(StructureError, match=r"in\.xyz frame 28\b.*" + message):
-        label_file(src, tmp_path / "out.xyz", surrogate32, chunk_size=5, min_distance=0.5, progress=False,
+        label_file(src, tmp_path / "out.xyz", surrogate32, chunking=Chunking(5, min_distance=0.5), progress=False,
                    on_chunk=lambda k, n: seen.append(k))
     assert seen == [] and no_compute == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.xyz"]          # no partial folder, no lock
@@ -143,13 +143,13 @@ def test_item2_a_changed_or_moved_input_relabels_only_the_changed_chunks(surroga
     def stop_at_1(k, n):
         if k == 1: raise Stop
     with pytest.raises(Stop):
-        label_file(src, out, surrogate32, chunk_size=5, progress=False, on_chunk=stop_at_1)
+        label_file(src, out, surrogate32, chunking=Chunking(5), progress=False, on_chunk=stop_at_1)
     frames[28].positions[0, 2] += 0.05                    # a frame of chunk 5 fixed ...
     (tmp_path / "elsewhere").mkdir()
     moved = write_frames(frames, tmp_path / "elsewhere" / "in_fixed.xyz")        # ... in a file at another path
     src.unlink()
     seen = []
-    summary = label_file(moved, out, surrogate32, chunk_size=5, resume=True, progress=False,
+    summary = label_file(moved, out, surrogate32, chunking=Chunking(5), resume=True, progress=False,
                          on_chunk=lambda k, n: seen.append(k))
     assert seen == [2, 3, 4, 5]                           # chunks 0 and 1 kept although the file changed and moved
     assert summary["n_structures"] == 30 and summary["n_reused"] == 10
@@ -165,7 +165,7 @@ def test_item5_a_chunk_size_below_one_is_a_one_line_error(model_path, surrogate3
     assert_one_line(rc, err, "label", "--chunk-size", "greater than or equal to 1")
     assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == [step4_small.name]
     with pytest.raises(PyacemakerError, match=f"chunk_size must be at least 1, got {size}"):
-        label_file(step4_small, tmp_path / "out.xyz", surrogate32, chunk_size=int(size))
+        label_file(step4_small, tmp_path / "out.xyz", surrogate32, chunking=Chunking(int(size)))
     assert sorted(p.name for p in tmp_path.iterdir()) == [step4_small.name]
 
 
@@ -261,10 +261,10 @@ def test_item6_disk_full_or_file_too_large_while_writing_a_chunk(surrogate32, st
     out = tmp_path / "out.xyz"
     monkeypatch.setattr(chunked_run, "write", failing(err))
     with pytest.raises(OutputError, match=rf"out\.xyz\.partial/chunk_000000_[0-9a-f]{{16}}\.xyz: cannot write: {phrase}"):
-        label_file(step4_small, out, surrogate32, chunk_size=10, progress=False)
+        label_file(step4_small, out, surrogate32, chunking=Chunking(10), progress=False)
     assert not out.exists() and not list(tmp_path.rglob(".*.tmp*")) and not list(tmp_path.rglob("chunk_*"))
     monkeypatch.undo()
-    assert label_file(step4_small, out, surrogate32, chunk_size=10, progress=False, resume=True)["n_structures"] == 30
+    assert label_file(step4_small, out, surrogate32, chunking=Chunking(10), progress=False, resume=True)["n_structures"] == 30
 
 
 @pytest.mark.parametrize("err,phrase", [(errno.ENOSPC, "no space left on the device"),
@@ -274,12 +274,12 @@ def test_item6_disk_full_or_file_too_large_while_assembling(surrogate32, step4_s
     out = tmp_path / "out.xyz"
     monkeypatch.setattr(chunked_run.shutil, "copyfileobj", failing(err))
     with pytest.raises(OutputError, match=rf"out\.xyz: cannot write: {phrase}"):
-        label_file(step4_small, out, surrogate32, chunk_size=10, progress=False)
+        label_file(step4_small, out, surrogate32, chunking=Chunking(10), progress=False)
     assert not out.exists() and not list(tmp_path.glob(".out.xyz.tmp*"))
     assert len(list(RunFiles(out).partial.glob("chunk_*.xyz"))) == 3
     monkeypatch.undo()
     seen = []
-    summary = label_file(step4_small, out, surrogate32, chunk_size=10, progress=False, resume=True,
+    summary = label_file(step4_small, out, surrogate32, chunking=Chunking(10), progress=False, resume=True,
                          on_chunk=lambda k, n: seen.append(k))
     assert seen == [] and summary["n_reused"] == 30 and len(read(out, ":")) == 30
 
@@ -410,14 +410,14 @@ def test_item10_a_stray_temporary_of_a_killed_assembly_is_removed_and_one_model_
     def stop_at_last(k, n):
         if n == 30: raise Stop
     with pytest.raises(Stop):
-        label_file(step4_small, out, MaceSurrogate(v1, dtype="float32"), chunk_size=10, progress=False,
+        label_file(step4_small, out, MaceSurrogate(v1, dtype="float32"), chunking=Chunking(10), progress=False,
                    on_chunk=stop_at_last)
     dead = subprocess.Popen(["true"])
     dead.wait()
     stray = tmp_path / f".out.xyz.tmp{dead.pid}"                      # what a SIGKILL during assembly leaves
     stray.write_text("half of the output\n")
     v1.rename(v2)
-    summary = label_file(step4_small, out, MaceSurrogate(v2, dtype="float32"), chunk_size=10, progress=False,
+    summary = label_file(step4_small, out, MaceSurrogate(v2, dtype="float32"), chunking=Chunking(10), progress=False,
                          resume=True)
     assert summary["n_reused"] == 30 and not stray.exists()
     frames = read(out, ":")

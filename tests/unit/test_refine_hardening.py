@@ -14,7 +14,8 @@ from pyacemaker.cli import main
 from pyacemaker.domain_models.config import ValidationConfig, dump_config
 from pyacemaker.kit.layout import base_set, iteration_dir, open_delivered, refine_dir, refined_set, reports_dir
 from pyacemaker.refine import RefineError, refine, refine_tables
-from pyacemaker.report.validate import Reference, compare, user_structures, validation_structures
+from pyacemaker.report.properties import Reference, user_structures
+from pyacemaker.report.validate import compare, validation_structures
 from pyacemaker.utils.io import RunLocked, StructureError, file_sha256, read_json, write_frames
 
 #: short walkers, a low γ to select so that two rounds both upfit
@@ -178,7 +179,7 @@ def test_9_overlapping_validation_structures_are_refused_up_front(two_upfits, tm
 
 
 def test_9_no_library_exception_names_in_rows():
-    from pyacemaker.report.validate import _attempt
+    from pyacemaker.report.properties import _attempt
     out = {}
     _attempt(out, "relaxed", lambda: (_ for _ in ()).throw(ValueError("spglib could not find the symmetry")), {})
     assert out["relaxed"] == {"error": "spglib could not find the symmetry"}

@@ -15,11 +15,10 @@ from pyacemaker.domain_models.config import PyacemakerError, Tolerance, Validati
 from pyacemaker.report.md import perturbed_potential
 from pyacemaker.kit.calculators import ace_calculator, import_pyace, mace_calculator
 from pyacemaker.kit.layout import delivered_set, open_delivered
-from pyacemaker.report.validate import (EV_PER_A2_IN_J_PER_M2, NotConverged, Protocol, compare, elastic_tensor, energy,
-                                        equation_of_state, md_rdf, model_properties, phonons, reference_structures, relax,
-                                        summarize, surface_energy, user_structures, validate, validation_structures,
-                                        validation_teacher,
-                                        vacancy_formation_energy)
+from pyacemaker.report.properties import (EV_PER_A2_IN_J_PER_M2, NotConverged, Protocol, elastic_tensor, energy,
+                                          equation_of_state, md_rdf, model_properties, phonons, reference_structures, relax,
+                                          surface_energy, user_structures, vacancy_formation_energy)
+from pyacemaker.report.validate import compare, summarize, validate, validation_structures, validation_teacher
 from pyacemaker.utils.io import write_frames
 
 #: a short protocol for tests: one facet, no MD
