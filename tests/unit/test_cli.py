@@ -61,6 +61,12 @@ def test_debug_shows_the_traceback(model_path, step4_small, tmp_path, capfd, mon
 FAST = ["--chunk-size", "10", "--dtype", "float32"]
 
 
+def ctrl_c_reaches_it() -> None:
+    """Give the child Python its Ctrl-C handler: a command started in the background of a non-interactive shell (as some CI
+    runners start pytest) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_stop_signals_keep_finished_chunks_and_say_how_to_resume(pyacemaker_exe, model_path, capfd, tmp_path):
     """Two real `pyacemaker label` runs of the bundled 300 structures (chunks of 10), started together; each gets its
     signal once 2 chunks are finished: SIGTERM -> 143, SIGINT (Ctrl-C) -> 130, one line naming what was kept."""
@@ -69,7 +75,7 @@ def test_stop_signals_keep_finished_chunks_and_say_how_to_resume(pyacemaker_exe,
         out = tmp_path / sig.name / "out.xyz"
         argv = [pyacemaker_exe, *map(str, label_args(model_path, demo_step4_path(), out, *FAST))]
         runs[sig] = (subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env={**os.environ, "OMP_NUM_THREADS": "1"}), out)
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=ctrl_c_reaches_it), out)
     waiting, deadline = set(runs), time.time() + 180
     while waiting and time.time() < deadline:
         for sig in list(waiting):
