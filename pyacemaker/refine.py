@@ -30,7 +30,7 @@ from .kit.errors import calculator_errors
 from .kit.layout import (Deliverables, DeliveryError, base_set, delivered_key, iteration_dir,
                                    open_delivered, refine_dir, refine_lock, refined_set, reports_dir)
 from .oracle.chunked_run import RunFiles
-from .oracle.distributed import Cluster, label_file_distributed
+from .oracle.distributed import Cluster
 from .orchestrator import fit_tables, label, trainer_for
 from .trainer.ace_trainer import PacemakerWrapper
 from .report.md import TRACE_KEYS, md_stable, md_structures, min_distance_threshold, trace_row
@@ -230,9 +230,7 @@ def label_once(cfg: PipelineConfig, src: Path, dst: Path, client=None) -> Path |
     if dst.exists(): return dst
     if not any(True for _ in iter_frames(src)): return None
     partial = RunFiles(dst).partial.exists()
-    if client is None: label(src, dst, cfg.labeling, resume=partial, overwrite=not partial, progress=False)
-    else: label_file_distributed(src, dst, cfg.labeling, resume=partial, overwrite=not partial, progress=False,
-                                cluster=Cluster(client=client))
+    label(src, dst, cfg.labeling, resume=partial, overwrite=not partial, progress=False, cluster=Cluster(client=client))
     return dst
 
 # %% ../nbs/05a_refine.ipynb #460201e9
