@@ -77,6 +77,16 @@ def _report(args) -> None:
     print(format_summary(write_report(_config(args), speed=not args.no_speed, md=False if args.no_md else None,
                                       potential=args.potential)))
 
+def _label_reference(args) -> None:
+    "Label an extxyz file with the reference calculator of a config: one durable chunk per structure, resumable."
+    from pyacemaker.oracle.chunked_run import RunMode
+    from pyacemaker.oracle.reference import label_reference
+    cfg = _config(args)
+    if cfg.reference is None or cfg.reference.calculator is None:
+        raise ConfigError(f"{args.config}: no reference.calculator to label with (add reference: {{calculator: module.Class}})")
+    print(label_reference(args.input, args.output, cfg.reference, cfg.training.elements,
+                          RunMode(args.resume, args.overwrite, not args.quiet), cfg.labeling.min_distance, args.skip_bad))
+
 def _validate(args) -> int:
     "Teacher-vs-student physics of a delivered ACE potential; with --strict, exit status 1 when a row fails."
     from pyacemaker.report.validate import format_validation, validate
@@ -151,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _add_config_command(sub, "check", "validate a pipeline config against its files and print what it would do", _check)
     _add_label(sub)
+    lr = _add_config_command(sub, "label-reference", "label structures with CONFIG's reference calculator (e.g. DFT through ASE), "
+                             "one durable chunk per structure", _label_reference)
+    lr.add_argument("--input", required=True, type=Path, help="extxyz of the structures to label")
+    lr.add_argument("--output", required=True, type=Path, help="reference-labeled extxyz to write")
+    lr.add_argument("--skip-bad", action="store_true", help="set structures the reference fails on aside (OUTPUT.rejected.xyz)")
+    lr.add_argument("--resume", action="store_true", help="continue an interrupted run (every finished structure is kept)")
+    lr.add_argument("--overwrite", action="store_true", help="replace an existing output")
     f = _add_config_command(sub, "fit", "step 6: fit ACE with pacemaker to the step-5 labels of CONFIG", _fit)
     _add_fit_options(f, "replace the delivered potential (only once the new fit succeeded)")
     f.add_argument("--resume", action="store_true", help="continue an interrupted fit from its checkpoint")

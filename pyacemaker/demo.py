@@ -10,23 +10,25 @@ import time
 from pathlib import Path
 
 from .demo_data import demo_model_path, demo_step4_path
-from .domain_models.config import AceTrainingConfig, LabelingConfig, PipelineConfig, dump_config
+from .domain_models.config import AceTrainingConfig, LabelingConfig, PipelineConfig, ReferenceConfig, dump_config
 from .orchestrator import format_pipeline, run_pipeline
 from .utils.io import file_sha256
 
 # %% auto #0
-__all__ = ['DEMO_TRAINING', 'DEMO_VALIDATION_SUBSET', 'demo_config', 'demo_run_config', 'run_demo', 'format_demo']
+__all__ = ['DEMO_TRAINING', 'DEMO_REFERENCE', 'DEMO_VALIDATION_SUBSET', 'demo_config', 'demo_run_config', 'run_demo',
+           'format_demo']
 
 # %% ../nbs/08_demo.ipynb #8bf34f90
 DEMO_TRAINING = dict(elements=["Cu", "Ag"], cutoff=5.0, max_basis_grade=60, ndensity=2,
                      nradmax_by_orders=[15, 3, 2, 1], lmax_by_orders=[0, 3, 2, 1],
                      kappa=0.1, maxiter=200, test_size=0.1, seed=42, batch_size=300)
+DEMO_REFERENCE = ReferenceConfig(calculator="ase.calculators.emt.EMT")
 
 def demo_config(work_dir: str | Path, mock: bool = False) -> PipelineConfig:
-    "The demo pipeline: bundled MACE teacher (float32 labels) and the tuned ACE settings."
+    "The demo pipeline: bundled MACE teacher (float32 labels), the tuned ACE settings, EMT as the reference (a stand-in for DFT)."
     return PipelineConfig(work_dir=Path(work_dir).resolve(),
                           labeling=LabelingConfig(model=demo_model_path(), dtype="float32", batch_atoms=1024, chunk_size=100),
-                          training=AceTrainingConfig(**DEMO_TRAINING, mock=mock))
+                          training=AceTrainingConfig(**DEMO_TRAINING, mock=mock), reference=DEMO_REFERENCE)
 
 # %% ../nbs/08_demo.ipynb #a2860cb6
 #: what `make demo` leaves out of the validation (the RDF rows: MD with the teacher)

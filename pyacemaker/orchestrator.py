@@ -20,8 +20,9 @@ from .oracle.chunked_run import Chunking, LabelingSummary, RunFiles, input_finge
 from .kit.layout import Deliverables, base_set, delivered_key, fit_dir, reports_dir
 from .oracle.distributed import Cluster
 from .oracle.mace_wrapper import MaceSurrogate
+from .oracle.reference import check_reference
 from .report.parity import format_summary, write_report
-from .report.validate import format_validation, validate, validation_files
+from .report.validate import format_validation, reference_settings, validate, validation_files
 from .trainer.ace_trainer import FitResult, ITrainer, PacemakerWrapper, split_train_test
 from .trainer.linear_fit import LinearAceTrainer
 from .utils.io import (ExistingOutput, MissingInput, StructureError, check_training_set, file_sha256, iter_frames,
@@ -88,6 +89,7 @@ def check_config(cfg: PipelineConfig) -> str:
         fit_tables(cfg, e0)                                            # step 6's pre-flight, on the labels there
     if cfg.refine.seeds is not None and not Path(cfg.refine.seeds).is_file():
         raise MissingInput(f"{cfg.refine.seeds}: refine.seeds file not found")
+    ref_line = check_reference(cfg.reference, tr.elements)
     done, why = step5_status(cfg)
     lines = [f"work_dir: {cfg.work_dir}",
              f"step 5: label {step4}{'' if step4.exists() else ' (NOT FOUND yet)'} -> {step5} ({why})",
@@ -104,7 +106,8 @@ def check_config(cfg: PipelineConfig) -> str:
              "validation: " + (f"teacher vs student on {'the reference phases of ' + str(tr.elements) if cfg.validation.references else ''}"
                                f"{' and ' if cfg.validation.references and cfg.validation.structures else ''}"
                                f"{cfg.validation.structures or ''} -> {reports_dir(cfg) / 'validation.json'}"
-                               if cfg.validation.enabled else "off (validation.enabled: false; pyacemaker validate runs it)")]
+                               if cfg.validation.enabled else "off (validation.enabled: false; pyacemaker validate runs it)"),
+             ref_line]
     return "\n".join(lines)
 
 # %% ../nbs/05_orchestrator.ipynb #538e3b51
@@ -182,11 +185,12 @@ def _report_current(cfg: PipelineConfig, d: Deliverables) -> bool:
     return recorded is not None and d.manifest.exists() and recorded == file_sha256(d.manifest)
 
 def _validation_current(cfg: PipelineConfig, d: Deliverables) -> bool:
-    "True if reports/validation.json was written for the delivered set with the current validation settings."
+    "True if reports/validation.json was written for the delivered set with the current validation and reference settings."
     saved = read_json(validation_files(cfg, d)["json"])
     recorded = saved.get("delivery", {}).get("manifest_sha256")
     return (recorded is not None and d.manifest.exists() and recorded == file_sha256(d.manifest)
-            and saved.get("settings") == cfg.validation.model_dump(mode="json"))
+            and saved.get("settings") == cfg.validation.model_dump(mode="json")
+            and saved.get("reference_settings") == reference_settings(cfg))
 
 def run_pipeline(cfg: PipelineConfig, overwrite: bool = False, progress: bool = True, executable: str = "pacemaker",
                  cluster: Cluster = Cluster(), report: bool = True, speed: bool = True, validation: bool = True) -> dict:

@@ -17,8 +17,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 # %% auto #0
 __all__ = ['Count', 'Real', 'Flag', 'Temperatures', 'Weighting', 'LadderStep', 'ELEMENT_SYMBOLS', 'PROPERTIES', 'PyacemakerError',
            'ConfigError', 'UniformWeighting', 'EnergyBasedWeighting', 'AceTrainingConfig', 'LabelingConfig',
-           'MDCheckConfig', 'RefineConfig', 'Tolerance', 'ValidationConfig', 'PipelineConfig', 'load_config',
-           'dump_config']
+           'MDCheckConfig', 'RefineConfig', 'Tolerance', 'ValidationConfig', 'ReferenceConfig', 'PipelineConfig',
+           'load_config', 'dump_config']
 
 # %% ../../nbs/00_config.ipynb #ebc8b0a2
 class PyacemakerError(Exception):
@@ -267,9 +267,37 @@ class ValidationConfig(BaseModel):
         _, rel, ab = PROPERTIES[prop]
         return self.tolerances.get(prop, Tolerance(relative=rel, absolute=ab))
 
+# %% ../../nbs/00_config.ipynb #8169f017
+class ReferenceConfig(BaseModel):
+    "The reference method: an importable ASE calculator with its keyword arguments, and/or frames it labeled."
+    model_config = ConfigDict(extra="forbid")
+
+    calculator: str | None = Field(None, description="ASE calculator class as 'module.Class', e.g. ase.calculators.emt.EMT")
+    kwargs: dict = Field({}, description="keyword arguments of the calculator (e.g. xc, kpts, encut)")
+    frames: Path | None = Field(None, description="extxyz of reference-labeled frames (energy, forces), e.g. converted DFT outputs")
+    e0: Literal["isolated"] | dict[str, Real] = Field(
+        "isolated", description="E0 per element of the reference: 'isolated' computes an atom in a box with the calculator")
+    box_A: Real = Field(12.0, gt=0, description="edge of the box of the isolated atoms (Å)")
+    rdf: Flag = Field(True, description="compute the RDF MD rows with the reference; false skips them (DFT MD is expensive)")
+
+    @field_validator("calculator")
+    @classmethod
+    def _dotted(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", v):
+            raise ValueError(f"calculator must be an importable 'module.Class' (e.g. ase.calculators.emt.EMT), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> "ReferenceConfig":
+        if self.calculator is None and self.frames is None:
+            raise ValueError("give a calculator ('module.Class') and/or frames (an extxyz file labeled by the reference)")
+        if self.calculator is None and self.e0 == "isolated":
+            raise ValueError("e0 'isolated' needs a calculator; with frames only, give e0 per element (eV)")
+        return self
+
 # %% ../../nbs/00_config.ipynb #fbedba48
 class PipelineConfig(BaseModel):
-    "Steps 5 and 6 in one work folder: file names, labeling, training, MD-check, validation and refinement settings."
+    "Steps 5 and 6 in one work folder: file names, labeling, training, MD-check, validation, refinement and reference settings."
     model_config = ConfigDict(extra="forbid")
 
     work_dir: Path = Path("work")
@@ -281,6 +309,7 @@ class PipelineConfig(BaseModel):
     md: MDCheckConfig = Field(default_factory=MDCheckConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     refine: RefineConfig = Field(default_factory=RefineConfig)
+    reference: ReferenceConfig | None = Field(None, description="the truth the chain is judged against; None = the teacher is the truth")
 
     def path(self, name: str) -> Path:
         "Absolute path of a step file (e.g. `cfg.path(cfg.step5_file)`) inside the work folder."
@@ -306,6 +335,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     cfg.labeling.model = (base / cfg.labeling.model).resolve()
     if cfg.refine.seeds is not None: cfg.refine.seeds = (base / cfg.refine.seeds).resolve()
     if cfg.validation.structures is not None: cfg.validation.structures = (base / cfg.validation.structures).resolve()
+    if cfg.reference is not None and cfg.reference.frames is not None: cfg.reference.frames = (base / cfg.reference.frames).resolve()
     return cfg
 
 def dump_config(cfg: PipelineConfig, path: str | Path) -> Path:

@@ -138,7 +138,7 @@ def open_partial(files: RunFiles, manifest: dict, scan: Scan, resume: bool, over
         with atomic_output(files.manifest) as tmp: tmp.write_text(json.dumps(manifest, indent=1))
         return manifest, set()
     old = read_json(files.manifest)
-    diff = [k for k in MANIFEST_KEYS if old.get(k) != manifest[k]]
+    diff = [k for k in manifest.get("identity_keys", MANIFEST_KEYS) if old.get(k) != manifest[k]]
     if diff:
         raise RunMismatch(f"{files.partial}: cannot resume, the run differs in {', '.join(diff)} (was "
                           f"{', '.join(str(old.get(k)) for k in diff)}, now {', '.join(str(manifest[k]) for k in diff)}); "
@@ -247,7 +247,8 @@ def run_chunks(input: str | Path, output: str | Path, manifest: dict, elements: 
         try:
             for k, n, n_atoms in label_pending(_pending(input, scan, done), manifest):
                 n_now += n; atoms_now += n_atoms
-                bar.update(n); bar.set_postfix(atoms_per_s=f"{atoms_now / (time.perf_counter() - t0):.0f}")
+                bar.update(n); dt = time.perf_counter() - t0
+                bar.set_postfix(atoms_per_s=f"{atoms_now / dt:.0f}", s_per_structure=f"{dt / (n_now - n_done):.3g}")
                 if on_chunk is not None: on_chunk(k, n_now)
             record = assemble(files, scan, manifest, input, overwrite=overwrite or resume)
         except BaseException as err:

@@ -13,16 +13,18 @@ from typing import Callable, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..domain_models.config import PROPERTIES, PipelineConfig, PyacemakerError, ValidationConfig
+from ..domain_models.config import PROPERTIES, PipelineConfig, PyacemakerError, ReferenceConfig, ValidationConfig
 from ..kit.calculators import ace_calculator, mace_calculator
 from ..kit.layout import Deliverables, delivered_set, open_delivered, report_stem, reports_dir, stale_note
+from ..oracle.reference import reference_calculator, reference_e0
 from .properties import Protocol, Reference, computed, model_properties, reference_structures, user_structures
 from ..utils.io import atomic_output, file_sha256, write_json
 
 # %% auto #0
-__all__ = ['ROW_KEYS', 'STYLES', 'row', 'failed_row', 'compare', 'validation_teacher', 'validation_structures', 'summarize',
-           'plot_rows', 'plot_eos', 'plot_phonons', 'plot_rdf', 'validate_models', 'validation_files', 'validate',
-           'format_validation']
+__all__ = ['ROW_KEYS', 'STYLES', 'REFERENCE_ROW_KEYS', 'row', 'failed_row', 'compare', 'validation_teacher',
+           'validation_structures', 'summarize', 'plot_rows', 'plot_eos', 'plot_phonons', 'plot_rdf',
+           'reference_protocol', 'against_reference', 'validate_models', 'validation_files', 'reference_settings',
+           'validation_reference', 'plot_reference', 'validate', 'format_validation']
 
 # %% ../../nbs/04d_validate.ipynb #f9c167a2
 ROW_KEYS = ("structure", "property", "unit", "teacher", "student", "difference", "relative_difference", "tolerance",
@@ -296,6 +298,33 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 # %% ../../nbs/04d_validate.ipynb #a8f0a7c9
+REFERENCE_ROW_KEYS = ("reference", "teacher_error", "student_error", "student_within_reference_tolerance")
+
+def reference_protocol(proto: Protocol, ref: ReferenceConfig) -> Protocol:
+    "The protocol the reference runs: the same one, without the RDF MD when `reference.rdf` is false."
+    return proto if ref.rdf else Protocol(proto.cutoff, proto.settings.model_copy(update={"temperatures_K": []}))
+
+def _by_row(rows: Sequence[dict]) -> dict:
+    return {(r["structure"], r["property"]): r for r in rows}
+
+def against_reference(rows: Sequence[dict], reference: dict, models: tuple[dict, dict], structures: Sequence[Reference],
+                      settings: ValidationConfig, skipped: str = "") -> tuple[list[dict], dict]:
+    "Each row with the reference's value and the teacher's and student's errors against it; how many rows each model passes."
+    vs_t, vs_s = (compare(reference, m, structures, settings) for m in models)
+    t, st = _by_row(vs_t), _by_row(vs_s)
+    out = []
+    for r in rows:
+        rt, rs = t.get((r["structure"], r["property"])), st.get((r["structure"], r["property"]))
+        ref_value = None if rt is None else rt["teacher"]
+        extra = {"reference": ref_value, "teacher_error": None if rt is None else rt["difference"],
+                 "student_error": None if rs is None else rs["difference"],
+                 "student_within_reference_tolerance": bool(rs is not None and rs["within_tolerance"])}
+        note = r["note"]
+        if ref_value is None and skipped and r["property"] == "rdf_max_abs_difference": note = f"{note}; {skipped}".lstrip("; ")
+        out.append({**r, **extra, "note": note})
+    return out, {"teacher": summarize(vs_t), "student": summarize(vs_s)}
+
+# %% ../../nbs/04d_validate.ipynb #41923576
 def validate_models(teacher_calc, student_calc, structures: Sequence[Reference], proto: Protocol, progress: bool = True) -> dict:
     "Teacher and student through the same protocol; the rows, their summary, both models' results."
     teacher = model_properties(teacher_calc, structures, proto, "teacher", progress)
@@ -308,53 +337,104 @@ def validation_files(cfg: PipelineConfig, d: Deliverables) -> dict[str, Path]:
     stem = report_stem(cfg, d, "validation")
     out = reports_dir(cfg)
     return {"json": out / f"{stem}.json", "curves": out / f"{stem}_curves.json", "rows_png": out / f"{stem}.png",
-            "eos_png": out / f"{stem}_eos.png", "phonons_png": out / f"{stem}_phonons.png", "rdf_png": out / f"{stem}_rdf.png"}
+            "eos_png": out / f"{stem}_eos.png", "phonons_png": out / f"{stem}_phonons.png", "rdf_png": out / f"{stem}_rdf.png",
+            "reference_png": out / f"{stem}_reference.png"}
 
-# %% ../../nbs/04d_validate.ipynb #8e213407
+# %% ../../nbs/04d_validate.ipynb #cf3c3773
+def reference_settings(cfg: PipelineConfig) -> dict | None:
+    "The reference settings a saved validation was made with (None: judged by the teacher only)."
+    return None if cfg.reference is None else cfg.reference.model_dump(mode="json")
+
+def validation_reference(cfg: PipelineConfig):
+    "The reference calculator of `cfg` (None without one), checked to know every training element before anything is computed."
+    ref = cfg.reference
+    if ref is None or ref.calculator is None: return None
+    calc = reference_calculator(ref)
+    reference_e0(ref, cfg.training.elements, calc)
+    return calc
+
+def _judge_by_reference(cfg: PipelineConfig, calc, result: dict, structures: Sequence[Reference], proto: Protocol,
+                        progress: bool) -> dict | None:
+    "With a reference calculator: its properties, the rows extended by it (in `result`), and the summaries."
+    ref = cfg.reference
+    if calc is None: return None
+    result["reference"] = model_properties(calc, structures, reference_protocol(proto, ref), "reference", progress)
+    skipped = "reference skipped (reference.rdf: false)"
+    result["properties"], summary = against_reference(result["properties"], result["reference"], (result["teacher"], result["student"]),
+                                                      structures, proto.settings, skipped)
+    return {"name": ref.calculator.rpartition(".")[2], "calculator": ref.calculator, "kwargs": ref.kwargs, "rdf": ref.rdf,
+            "summary": summary}
+
+def plot_reference(rows: Sequence[dict], summary: dict, name: str = "reference") -> plt.Figure:
+    "|error| / tolerance of teacher and student against the reference, row by row (capped at 10; grey: not computed)."
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.2), layout="constrained")
+    y = np.arange(len(rows))[::-1]
+    for who, dy, color in (("teacher", 0.2, "k"), ("student", -0.2, "tab:red")):
+        ratio = [abs(r[f"{who}_error"]) / r["tolerance"] if r[f"{who}_error"] is not None and r["tolerance"] else np.nan for r in rows]
+        n = summary[who]
+        ax.barh(y + dy, [min(x, 10.0) if np.isfinite(x) else 0.0 for x in ratio], height=0.4, color=color,
+                label=f"{who} vs {name}: {n['n_within_tolerance']} of {n['n_rows']} within tolerance")
+    ax.set_yticks(y, [f"{r['structure']}: {r['property']}" for r in rows], fontsize=7)
+    ax.axvline(1.0, color="k", ls="--", lw=1); ax.set_xlim(0, 10.5); ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel(f"|model − {name}| / tolerance (capped at 10)")
+    ax.set_title(f"Against the reference ({name})", fontsize=10)
+    return fig
+
+# %% ../../nbs/04d_validate.ipynb #6da1d256
 def validate(cfg: PipelineConfig, potential: str | None = None, progress: bool = True, show: bool = False) -> dict:
-    "Validate a delivered ACE student against the MACE teacher of `cfg`; write reports/validation.json and its plots."
+    "Validate a delivered ACE student against the MACE teacher of `cfg` (and its reference); write reports/validation.json and plots."
     t0 = time.perf_counter()
     d = delivered_set(cfg, potential)
     manifest = open_delivered(d)
     stale = stale_note(cfg, d, manifest)
     if stale and progress: print(f"validate: note: {stale}", flush=True)
-    surrogate = validation_teacher(cfg)
+    surrogate, reference_calc = validation_teacher(cfg), validation_reference(cfg)
     student_calc, teacher_calc = ace_calculator(d.yace), mace_calculator(surrogate)   # the set was checked just above
     structures = validation_structures(cfg, surrogate.elements)
     proto = Protocol(float(cfg.training.cutoff), cfg.validation)
     result = validate_models(teacher_calc, student_calc, structures, proto, progress)
+    reference = _judge_by_reference(cfg, reference_calc, result, structures, proto, progress)
     files = validation_files(cfg, d)
     files["json"].parent.mkdir(parents=True, exist_ok=True)
     figs = {"rows_png": plot_rows(result["properties"], f"{d.name} vs its MACE teacher: {result['summary']['n_within_tolerance']} of "
                                                         f"{result['summary']['n_rows']} rows within tolerance"),
             "eos_png": plot_eos(result["teacher"], result["student"]), "phonons_png": plot_phonons(result["teacher"], result["student"])}
     if cfg.validation.temperatures_K: figs["rdf_png"] = plot_rdf(result["teacher"], result["student"])
+    if reference: figs["reference_png"] = plot_reference(result["properties"], reference["summary"], reference["name"])
     for k, fig in figs.items():
         _save(fig, files[k])
         if not show: plt.close(fig)
-    write_json(files["curves"], {"teacher": _curves(result["teacher"]), "student": _curves(result["student"])})
+    write_json(files["curves"], {who: _curves(result[who]) for who in ("teacher", "student", "reference") if who in result})
     out = {"potential": str(d.yace), "delivery": {"name": d.name, "mode": manifest.get("mode"), "key": manifest.get("key"),
                                                   "manifest_sha256": file_sha256(d.manifest), "stale": stale},
            "teacher": {"model": str(cfg.labeling.model), "head": surrogate.head, "dtype": cfg.validation.teacher_dtype},
-           "settings": cfg.validation.model_dump(mode="json"), "cutoff_A": proto.cutoff, "min_height_A": proto.min_height_A,
-           "summary": result["summary"], "properties": result["properties"],
-           "models": {"teacher": _scalars(result["teacher"]), "student": _scalars(result["student"])},
+           "settings": cfg.validation.model_dump(mode="json"), "reference_settings": reference_settings(cfg), "cutoff_A": proto.cutoff, "min_height_A": proto.min_height_A,
+           "summary": result["summary"], "properties": result["properties"], "reference": reference,
+           "models": {who: _scalars(result[who]) for who in ("teacher", "student", "reference") if who in result},
            "files": {k: str(v) for k, v in files.items() if k in figs or k in ("json", "curves")},
            "wall_s": time.perf_counter() - t0}
     write_json(files["json"], out)
     return out
 
-# %% ../../nbs/04d_validate.ipynb #41923576
+# %% ../../nbs/04d_validate.ipynb #28ec132a
 def format_validation(result: dict, rows: bool = True) -> str:
     "Plain-text validation: a table of rows, then the verdict naming the worst rows."
     fmt = lambda x: "-" if x is None else f"{x:.4g}"
+    ref = result.get("reference")
     lines = []
     if rows:
-        lines.append(f"{'structure':<26} {'property':<40} {'teacher':>9} {'student':>9} {'diff':>9} {'tol':>8}  ok")
+        lines.append(f"{'structure':<26} {'property':<40} {'teacher':>9} {'student':>9} {'diff':>9} {'tol':>8}  ok"
+                     + (f" {ref['name'][:9]:>9} {'T-ref':>9} {'S-ref':>9}  ok" if ref else ""))
         for r in result["properties"]:
             lines.append(f"{r['structure'][:26]:<26} {r['property']:<40} {fmt(r['teacher']):>9} {fmt(r['student']):>9} "
-                         f"{fmt(r['difference']):>9} {fmt(r['tolerance']):>8}  {'yes' if r['within_tolerance'] else 'NO'}"
+                         f"{fmt(r['difference']):>9} {fmt(r['tolerance']):>8}  {'yes' if r['within_tolerance'] else 'NO ':3}"
+                         + (f" {fmt(r['reference']):>9} {fmt(r['teacher_error']):>9} {fmt(r['student_error']):>9}  "
+                            f"{'yes' if r['student_within_reference_tolerance'] else 'NO'}" if ref else "")
                          + (f"  ({r['note']})" if r["note"] and not r["within_tolerance"] else ""))
+    if ref:
+        t, st = ref["summary"]["teacher"], ref["summary"]["student"]
+        lines.append(f"against the reference {ref['name']}: teacher {t['n_within_tolerance']} of {t['n_rows']} rows within tolerance, "
+                     f"student {st['n_within_tolerance']} of {st['n_rows']}")
     s = result["summary"]
     worst = "; ".join(f"{w['structure']} {w['property']}" + (f" ({w['ratio_to_tolerance']:.1f}× tolerance)" if w["ratio_to_tolerance"] is not None
                       else f" (not computed: {w['note']})") for w in s["worst"])

@@ -11,14 +11,15 @@ from ase.eos import calculate_eos
 from ase.optimize import FIRE
 
 from pyacemaker.cli import main
-from pyacemaker.domain_models.config import PyacemakerError, Tolerance, ValidationConfig, dump_config, load_config
+from pyacemaker.domain_models.config import PyacemakerError, ReferenceConfig, Tolerance, ValidationConfig, dump_config, load_config
 from pyacemaker.report.md import perturbed_potential
 from pyacemaker.kit.calculators import ace_calculator, import_pyace, mace_calculator
 from pyacemaker.kit.layout import delivered_set, open_delivered
 from pyacemaker.report.properties import (EV_PER_A2_IN_J_PER_M2, NotConverged, Protocol, elastic_tensor, energy,
                                           equation_of_state, md_rdf, model_properties, phonons, reference_structures, relax,
                                           surface_energy, user_structures, vacancy_formation_energy)
-from pyacemaker.report.validate import compare, summarize, validate, validation_structures, validation_teacher
+from pyacemaker.report.validate import (compare, reference_protocol, summarize, validate, validation_structures,
+                                        validation_teacher)
 from pyacemaker.utils.io import write_frames
 
 #: a short protocol for tests: one facet, no MD
@@ -235,3 +236,33 @@ def test_cli_validate_and_strict(quick_cfg, tmp_path, capsys):
     assert main(["validate", str(strict), "--quiet"]) == 0
     assert main(["validate", str(config), "--quiet", "--potential", "ace_other"]) == 2
     assert "ace_other" in capsys.readouterr().err
+
+
+def test_validate_against_the_reference(quick_cfg, tmp_path, capsys):
+    "EMT as the reference: every row gets EMT's value (its own relaxation), and the teacher's and student's errors against it."
+    cfg = quick_cfg.model_copy(deep=True)
+    cfg.work_dir = tmp_path / "work"; (tmp_path / "work" / "models").mkdir(parents=True)
+    for p in delivered_set(quick_cfg).models_dir.iterdir():
+        if p.is_file(): (tmp_path / "work" / "models" / p.name).write_bytes(p.read_bytes())
+    cfg.validation = ValidationConfig(references=False, temperatures_K=[], structures=write_frames(
+        [bulk("Cu", "fcc", a=3.6, cubic=True)], tmp_path / "cu.xyz"))
+    cfg.reference = ReferenceConfig(calculator="ase.calculators.emt.EMT", rdf=False)
+    result = validate(cfg, progress=False)
+    rows = {r["property"]: r for r in result["properties"]}
+    emt_cu = relax(bulk("Cu", "fcc", a=3.6, cubic=True), EMT())
+    vol = rows["volume_per_atom_A3"]
+    assert vol["reference"] == pytest.approx(emt_cu.get_volume() / 4, rel=1e-4)
+    assert vol["teacher_error"] == pytest.approx(vol["teacher"] - vol["reference"])
+    assert vol["student_error"] == pytest.approx(vol["student"] - vol["reference"])
+    assert reference_protocol(Protocol(5.0, cfg.validation), cfg.reference).settings.temperatures_K == []   # rdf: false
+    assert result["reference"]["summary"]["teacher"]["n_rows"] == len(rows)
+    assert open(result["files"]["reference_png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(open(result["files"]["json"]).read())
+    assert saved["reference_settings"]["calculator"] == "ase.calculators.emt.EMT" and "reference" in saved["models"]
+    config = dump_config(cfg, tmp_path / "pipeline.yaml")
+    assert main(["validate", str(config), "--quiet"]) == 0
+    assert "against the reference EMT: teacher" in capsys.readouterr().out
+    cfg.reference = ReferenceConfig(calculator="gpaw_not_here.GPAW")
+    assert main(["validate", str(dump_config(cfg, tmp_path / "bad.yaml")), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "reference.calculator gpaw_not_here.GPAW: cannot import gpaw_not_here" in err and "Traceback" not in err
