@@ -87,6 +87,11 @@ def _label_reference(args) -> None:
     print(label_reference(args.input, args.output, cfg.reference, cfg.training.elements,
                           RunMode(args.resume, args.overwrite, not args.quiet), cfg.labeling.min_distance, args.skip_bad))
 
+def _delta(args) -> None:
+    "The final step: reference calculations where the student knows least, the corrected student as models/ace_delta.*."
+    from pyacemaker.delta import delta, format_delta
+    print(format_delta(delta(_config(args), overwrite=args.overwrite, progress=not args.quiet, executable=args.pacemaker)))
+
 def _validate(args) -> int:
     "Teacher-vs-student physics of a delivered ACE potential; with --strict, exit status 1 when a row fails."
     from pyacemaker.report.validate import format_validation, validate
@@ -194,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--iterations", type=int, default=None, help="at most this many upfits (default: refine.iterations)")
     ref.add_argument("--resume", action="store_true", help="continue an interrupted refinement (a plain rerun does too)")
     _add_where(ref, "run the walkers and teacher labels")
+    dl = _add_config_command(sub, "delta", "the final step: label the structures the student knows least with CONFIG's reference, "
+                             "correct the student on them; delivers models/ace_delta.*", _delta)
+    _add_fit_options(dl, "start the delta step over (discard delta/ of other settings)")
     d = sub.add_parser("demo", help="bundled Cu-Ag example: step 4 file -> MACE labels -> ACE fit -> report")
     d.add_argument("--work-dir", type=Path, default=Path("runs/demo"))
     d.add_argument("--overwrite", action="store_true", help="start over instead of reusing finished steps")

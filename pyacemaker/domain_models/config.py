@@ -17,8 +17,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 # %% auto #0
 __all__ = ['Count', 'Real', 'Flag', 'Temperatures', 'Weighting', 'LadderStep', 'ELEMENT_SYMBOLS', 'PROPERTIES', 'PyacemakerError',
            'ConfigError', 'UniformWeighting', 'EnergyBasedWeighting', 'AceTrainingConfig', 'LabelingConfig',
-           'MDCheckConfig', 'RefineConfig', 'Tolerance', 'ValidationConfig', 'ReferenceConfig', 'PipelineConfig',
-           'load_config', 'dump_config']
+           'MDCheckConfig', 'RefineConfig', 'Tolerance', 'ValidationConfig', 'ReferenceConfig', 'DeltaConfig',
+           'PipelineConfig', 'load_config', 'dump_config']
 
 # %% ../../nbs/00_config.ipynb #ebc8b0a2
 class PyacemakerError(Exception):
@@ -295,6 +295,19 @@ class ReferenceConfig(BaseModel):
             raise ValueError("e0 'isolated' needs a calculator; with frames only, give e0 per element (eV)")
         return self
 
+# %% ../../nbs/00_config.ipynb #d5a50cbf
+class DeltaConfig(BaseModel):
+    "The final step: select structures, label them with the reference, fit the corrected student (`models/ace_delta.*`)."
+    model_config = ConfigDict(extra="forbid")
+
+    structures: Count = Field(50, ge=1, description="at most this many reference calculations, chosen by D-optimality")
+    method: Literal["upfit", "direct"] = Field("upfit", description="'upfit': continue the student on reference + teacher frames; "
+                                                                   "'direct': a fresh fit on the reference frames alone")
+    teacher_weight: Real = Field(0.2, ge=0, le=1, description="weight of each teacher frame's forces relative to a reference frame; 0 drops them")
+    rattle_A: Real = Field(0.05, ge=0, description="displacement (Å) of the defect cells and slabs added to the candidates")
+    maxiter: Count = Field(150, ge=1, description="optimizer iterations of the delta fit")
+    seed: Count = Field(0, description="random seed of the rattled candidates")
+
 # %% ../../nbs/00_config.ipynb #fbedba48
 class PipelineConfig(BaseModel):
     "Steps 5 and 6 in one work folder: file names, labeling, training, MD-check, validation, refinement and reference settings."
@@ -310,6 +323,7 @@ class PipelineConfig(BaseModel):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     refine: RefineConfig = Field(default_factory=RefineConfig)
     reference: ReferenceConfig | None = Field(None, description="the truth the chain is judged against; None = the teacher is the truth")
+    delta: DeltaConfig = Field(default_factory=DeltaConfig)
 
     def path(self, name: str) -> Path:
         "Absolute path of a step file (e.g. `cfg.path(cfg.step5_file)`) inside the work folder."

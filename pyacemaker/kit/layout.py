@@ -16,10 +16,10 @@ from ..domain_models.config import PipelineConfig, PyacemakerError
 from ..utils.io import atomic_output, file_sha256, read_json
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'REFINED_NAME', 'PRODUCERS', 'BASE_PRODUCER', 'Deliverables', 'producer', 'base_set', 'refined_set',
-           'delivered_set', 'fit_dir', 'refine_dir', 'refine_lock', 'iteration_dir', 'reports_dir', 'report_stem',
-           'DeliveryError', 'stage_delivery', 'swap_in', 'recover_delivery', 'open_delivered', 'delivered_key',
-           'stale_note']
+__all__ = ['RUN_FILES', 'REFINED_NAME', 'DELTA_NAME', 'PRODUCERS', 'BASE_PRODUCER', 'Deliverables', 'producer', 'base_set',
+           'refined_set', 'delta_set', 'delivered_set', 'fit_dir', 'refine_dir', 'delta_dir', 'refine_lock',
+           'iteration_dir', 'reports_dir', 'report_stem', 'DeliveryError', 'stage_delivery', 'swap_in',
+           'recover_delivery', 'open_delivered', 'delivered_key', 'stale_note']
 
 # %% ../../nbs/02c_layout.ipynb #ee5f48e3
 @dataclass(frozen=True)
@@ -58,9 +58,10 @@ RUN_FILES = {"output_potential.yace": ".yace", "output_potential.yaml": ".yaml",
 
 # %% ../../nbs/02c_layout.ipynb #2f015e10
 REFINED_NAME = "ace_refined"
+DELTA_NAME = "ace_delta"
 
 #: delivered-set name → the command that makes it (what to run when it is missing)
-PRODUCERS = {REFINED_NAME: "pyacemaker refine CONFIG"}
+PRODUCERS = {REFINED_NAME: "pyacemaker refine CONFIG", DELTA_NAME: "pyacemaker delta CONFIG"}
 BASE_PRODUCER = "step 6 (pyacemaker fit / run)"
 
 def producer(name: str) -> str:
@@ -75,6 +76,10 @@ def refined_set(cfg: PipelineConfig) -> Deliverables:
     "The refinement loop's set, `models/ace_refined.*`, beside the base set."
     return Deliverables(base_set(cfg).models_dir, REFINED_NAME)
 
+def delta_set(cfg: PipelineConfig) -> Deliverables:
+    "The delta-learned set (the student corrected on reference calculations), `models/ace_delta.*`."
+    return Deliverables(base_set(cfg).models_dir, DELTA_NAME)
+
 def delivered_set(cfg: PipelineConfig, potential: str | None = None) -> Deliverables:
     "A delivered set by name in models/ (e.g. `ace_refined`); default: the config's `ace_model_file`."
     d = base_set(cfg)
@@ -87,6 +92,10 @@ def fit_dir(cfg: PipelineConfig, key: str | None = None) -> Path:
 def refine_dir(cfg: PipelineConfig) -> Path:
     "The refinement loop's folder, `work_dir/refine`."
     return cfg.work_dir / "refine"
+
+def delta_dir(cfg: PipelineConfig) -> Path:
+    "The delta step's folder, `work_dir/delta`: selected structures, reference labels, the fit."
+    return cfg.work_dir / "delta"
 
 def refine_lock(cfg: PipelineConfig) -> Path:
     "The loop's lock, beside (not inside) its folder: `--overwrite` deletes the folder only while holding it."
@@ -188,9 +197,11 @@ def delivered_key(d: Deliverables) -> str | None:
 
 # %% ../../nbs/02c_layout.ipynb #dd2eff3a
 def stale_note(cfg: PipelineConfig, d: Deliverables, manifest: dict) -> str:
-    "Why a set built on the base set is stale (the base was refit since), or ''."
-    recorded, base = manifest.get("base_manifest_sha256"), base_set(cfg)
-    if recorded is None or d == base: return ""
-    if base.manifest.exists() and file_sha256(base.manifest) == recorded: return ""
-    return (f"{d.name} is stale: it was refined from an earlier {base.name}, which was refit since; "
-            f"rerun {producer(d.name)} to refine the current one")
+    "Why a set built on another set is stale (the base, or the student a delta set corrected, was delivered anew since), or ''."
+    if "student_manifest_sha256" in manifest:
+        on, recorded, verb = Deliverables(base_set(cfg).models_dir, manifest["student"]), manifest["student_manifest_sha256"], ("correct", "corrected")
+    else: on, recorded, verb = base_set(cfg), manifest.get("base_manifest_sha256"), ("refine", "refined")
+    if recorded is None or d == on: return ""
+    if on.manifest.exists() and file_sha256(on.manifest) == recorded: return ""
+    return (f"{d.name} is stale: it was {verb[1]} from an earlier {on.name}, which was {'refit' if on == base_set(cfg) else 'delivered anew'} "
+            f"since; rerun {producer(d.name)} to {verb[0]} the current one")
