@@ -5,6 +5,7 @@
 # %% ../nbs/05b_delta.ipynb #4cf71591
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -166,7 +167,7 @@ def _claim(cfg: PipelineConfig, identity: dict, overwrite: bool) -> dict:
             changed = sorted(k for k in identity if old["identity"].get(k) != identity[k])
             raise DeltaError(f"{folder}: an earlier delta run differs in {', '.join(changed)}; "
                              "rerun with --overwrite to start over")
-        import shutil; shutil.rmtree(folder)
+        shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rec = old if old and old.get("identity") == identity else {"identity": identity, "wall_s": {}}
     write_json(folder / "record.json", rec)
@@ -192,7 +193,7 @@ def _label_stage(cfg: PipelineConfig, selected: Path, rec: dict, progress: bool,
     t0 = time.perf_counter()
     resume = RunFiles(out).partial.exists()
     s = label_reference(selected, out, cfg.reference, cfg.training.elements, RunMode(resume=resume, progress=progress),
-                        cfg.labeling.min_distance, cfg.labeling.skip_bad)
+                        cfg.labeling.min_distance, cfg.labeling.skip_bad, checked=True)       # `delta` checked the reference
     rec["wall_s"]["label"] = round(time.perf_counter() - t0, 1)
     say(f"delta: {s}")
     return out
@@ -204,7 +205,7 @@ def delta(cfg: PipelineConfig, overwrite: bool = False, progress: bool = True, e
     say = (lambda m: print(m, flush=True)) if progress else (lambda m: None)
     if cfg.reference is None or cfg.reference.calculator is None:
         raise DeltaError("pyacemaker delta needs reference.calculator in the config (the reference that labels the selected structures)")
-    reference_e0(cfg.reference, cfg.training.elements)            # an unusable reference is one line before any compute
+    ref_e0 = reference_e0(cfg.reference, cfg.training.elements)   # an unusable reference is one line before any compute
     with run_lock(cfg.work_dir / ".delta.lock", "pyacemaker delta"):
         student, _ = delta_student(cfg)
         rec = _claim(cfg, _identity(cfg, student), overwrite)
@@ -212,8 +213,7 @@ def delta(cfg: PipelineConfig, overwrite: bool = False, progress: bool = True, e
         labeled = _label_stage(cfg, selected, rec, progress, say); write_json(delta_dir(cfg) / "record.json", rec)
         frames = list(iter_frames(labeled))
         upfit = cfg.delta.method == "upfit" and not cfg.training.mock
-        e0 = aligned_e0(frames, student.yace, cfg.training.elements, cfg.training.cutoff) if upfit else \
-            reference_e0(cfg.reference, cfg.training.elements)
+        e0 = aligned_e0(frames, student.yace, cfg.training.elements, cfg.training.cutoff) if upfit else ref_e0
         teacher = fit_tables(cfg, reference_energies(cfg))[0] if upfit else None
         fit, d = delta_dir(cfg) / "fit", delta_set(cfg)
         train, test = delta_tables(cfg, labeled, e0, teacher)

@@ -100,11 +100,12 @@ def _reference_chunk(calc, k: int, texts: list, input: Path, elements, min_dista
     return LabeledChunk(k, [], [(frame, atoms, problem)])
 
 def label_reference(input: str | Path, output: str | Path, ref: ReferenceConfig, elements: Iterable[str],
-                    mode: RunMode = RunMode(), min_distance: float = 0.5, skip_bad: bool = False) -> LabelingSummary:
+                    mode: RunMode = RunMode(), min_distance: float = 0.5, skip_bad: bool = False,
+                    checked: bool = False) -> LabelingSummary:
     "Label every structure of `input` with the reference calculator, one durable chunk per structure; write `output` when complete."
     input, files, elements = Path(input), RunFiles(Path(output)), list(elements)
     calc = reference_calculator(ref)
-    reference_e0(ref, elements, calc)                      # an unknown element is one line before any structure
+    if not checked: reference_e0(ref, elements, calc)      # an unknown element is one line before any structure (`checked`: the caller did)
     def label_pending(pending: Iterator, manifest: dict) -> Iterator[tuple[int, int, int]]:
         for k, fp, texts in pending:
             chunk = _reference_chunk(calc, k, texts, input, elements, manifest["min_distance"], skip_bad)
