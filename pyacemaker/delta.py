@@ -28,8 +28,9 @@ from .utils.io import (atomic_output, file_sha256, iter_frames, periodic_equival
                                  write_frames, write_json, write_training_table)
 
 # %% auto #0
-__all__ = ['DeltaError', 'delta_student', 'defect_candidates', 'delta_pool', 'select_for_reference', 'aligned_e0', 'delta_tables',
-           'DeltaUpfit', 'delta_trainer', 'delta', 'format_delta']
+__all__ = ['RATTLES', 'STRAINS', 'CLUSTER_RADII_A', 'DeltaError', 'delta_student', 'defect_candidates', 'delta_pool',
+           'kind_quotas', 'select_for_reference', 'aligned_e0', 'delta_tables', 'DeltaUpfit', 'delta_trainer', 'delta',
+           'format_delta']
 
 # %% ../nbs/05b_delta.ipynb #ec3dc5a1
 class DeltaError(PyacemakerError):
@@ -56,20 +57,26 @@ def _cluster(atoms: Atoms, radius: float, box: float) -> Atoms:
     c = Atoms(big.symbols[keep], big.positions[keep] - centre + box / 2, cell=[box] * 3, pbc=False)
     return c
 
+RATTLES = (0.5, 1.0, 2.0)                  # × delta.rattle_A: near the minimum, thermal, hot
+STRAINS = (0.97, 0.99, 1.01, 1.03)          # linear strain of the bulk candidates
+CLUSTER_RADII_A = (3.5, 4.5)
+
 def defect_candidates(cfg: PipelineConfig) -> list[Atoms]:
-    "Rattled vacancy cells, slabs, strained cells and clusters of the reference phases and the alloy."
+    "Rattled vacancy cells and slabs, strained cells and clusters of the reference phases and the alloy."
     rng, r, cut = np.random.default_rng(cfg.delta.seed), cfg.delta.rattle_A, float(cfg.training.cutoff)
     out = []
     for ref in reference_structures(cfg.training.elements):
         at = ref.atoms
         sc = at.repeat(supercell_repeats(at, cfg.validation.supercell_min_A or 2 * cut)); del sc[0]
-        out.append(_rattled(sc, "vacancy", ref.name, r, rng))
-        for f in cfg.validation.facets:
-            out.append(_rattled(slab_of(at, f, cut, cut), "slab", f"{ref.name} ({''.join(map(str, f))})", r, rng))
-        for s in (0.98, 1.02):
+        slabs = [(slab_of(at, f, cut, cut), f"{ref.name} ({''.join(map(str, f))})") for f in cfg.validation.facets]
+        for x in RATTLES:
+            out.append(_rattled(sc, "vacancy", ref.name, x * r, rng))
+            out += [_rattled(s, "slab", name, x * r, rng) for s, name in slabs]
+        for s in STRAINS:
             st = at.repeat(2); st.set_cell(st.cell * s, scale_atoms=True)
-            out.append(_rattled(st, "bulk", ref.name, r, rng))
-        out.append(_rattled(_cluster(at, 4.0, 4.0 * 2 + cut + 1), "cluster", ref.name, r, rng))
+            out.append(_rattled(st, "bulk", f"{ref.name} ×{s}", r, rng))
+        out += [_rattled(_cluster(at, R, 2 * R + cut + 1), "cluster", f"{ref.name} r={R}", x * r, rng)
+                for R in CLUSTER_RADII_A for x in RATTLES]
     return out
 
 # %% ../nbs/05b_delta.ipynb #7a072b62
@@ -88,9 +95,39 @@ def _bare(atoms: Atoms, kind: str, name: str) -> Atoms:
     return Atoms(atoms.symbols, atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info={"walker": kind, "source": name})
 
 # %% ../nbs/05b_delta.ipynb #0664a2ac
+def kind_quotas(sizes: dict[str, int], n: int) -> dict[str, int]:
+    "`n` split as evenly over the kinds as their sizes allow; what a small kind cannot take goes to the others."
+    q, left = {k: 0 for k in sizes}, n
+    while left > 0 and any(q[k] < sizes[k] for k in sizes):
+        room = [k for k in sizes if q[k] < sizes[k]]
+        share = max(1, left // len(room))
+        for k in room:
+            take = min(share, sizes[k] - q[k], left); q[k] += take; left -= take
+    return q
+
+def _round_robin(members: Sequence[int], label: Sequence[str], k: int) -> list[int]:
+    "`k` of `members`, taking one of each `label` in turn (in the members' order)."
+    queues: dict[str, list[int]] = {}
+    for i, lab in zip(members, label): queues.setdefault(lab, []).append(i)
+    out = []
+    while len(out) < k and any(queues.values()):
+        for q in queues.values():
+            if q and len(out) < k: out.append(q.pop(0))
+    return out
+
 def select_for_reference(pool: Sequence[Atoms], student: Deliverables, n: int, cutoff: float) -> list[Atoms]:
-    "At most `n` structures of `pool` by D-optimality in the student's basis, spread over the kinds of structure."
-    picked = select_d_optimal(list(pool), student.yaml, student.asi, n, cutoff)
+    "At most `n` structures of `pool`: each kind its share, D-optimal in the student's basis within the kind, spread over origins."
+    groups: dict[str, list[int]] = {}
+    for i, a in enumerate(pool): groups.setdefault(str(a.info.get("walker")), []).append(i)
+    picked = []
+    for kind, k in kind_quotas({g: len(m) for g, m in groups.items()}, n).items():
+        members = groups[kind]
+        origin = {i: str(pool[i].info.get("source")).split(":")[0] for i in members}
+        cands = [Atoms(pool[i].symbols, pool[i].positions, cell=pool[i].cell, pbc=pool[i].pbc, info={"walker": origin[i]})
+                 for i in members]
+        best = [members[j] for j in select_d_optimal(cands, student.yaml, student.asi, k, cutoff)] if k else []
+        rest = [i for i in members if i not in best]
+        picked += best + _round_robin(rest, [origin[i] for i in rest], k - len(best))
     return [pool[i] for i in picked]
 
 def aligned_e0(frames: Sequence[Atoms], student_yace: str | Path, elements: Sequence[str], cutoff: float) -> dict[str, float]:

@@ -24,3 +24,5 @@ python fit.py delta   --sel strat                  # Δ unshifted, 20 funcs/elem
 python evaluate.py --sel strat --models emt,base,teacher,direct,upfit,upfitA,upfitTA,upfitTfA,upfitTf,delta,deltas,delta60s
 python -c "import json, sys; d=json.load(open(sys.argv[1] + '/eval_strat.json')); json.dump({k: d[k] for k in ('emt','base','teacher')}, open(sys.argv[1] + '/eval_bal.json','w'))" "$DATA"
 python evaluate.py --sel bal --models direct,upfitA,deltas,delta60s
+# Delivered sets (pyacemaker delta, delta.method: direct in a copy of the folder, refine) on the same held-out set:
+#   python heldout.py base=$PYACEMAKER_DEMO/models/ace_base.yace delta=$PYACEMAKER_DEMO/models/ace_delta.yace direct=COPY/models/ace_delta.yace

@@ -303,9 +303,9 @@ class DeltaConfig(BaseModel):
     structures: Count = Field(50, ge=1, description="at most this many reference calculations, chosen by D-optimality")
     method: Literal["upfit", "direct"] = Field("upfit", description="'upfit': continue the student on reference + teacher frames; "
                                                                    "'direct': a fresh fit on the reference frames alone")
-    teacher_weight: Real = Field(0.2, ge=0, le=1, description="weight of each teacher frame's forces relative to a reference frame; 0 drops them")
+    teacher_weight: Real = Field(0.02, ge=0, le=1, description="weight of a teacher atom's forces relative to a reference atom's (chosen on the demo, see 05b_delta); 0 drops them")
     rattle_A: Real = Field(0.05, ge=0, description="displacement (Å) of the defect cells and slabs added to the candidates")
-    maxiter: Count = Field(150, ge=1, description="optimizer iterations of the delta fit")
+    maxiter: Count = Field(300, ge=1, description="optimizer iterations of the delta fit (chosen on the demo, see 05b_delta)")
     seed: Count = Field(0, description="random seed of the rattled candidates")
 
 # %% ../../nbs/00_config.ipynb #fbedba48

@@ -181,7 +181,8 @@ EV_PER_A2_IN_J_PER_M2 = 1 / (units.J / units.m ** 2)
 def slab_of(bulk_cell: Atoms, facet: Sequence[int], min_thickness_A: float, vacuum_A: float) -> Atoms:
     "A periodic slab of `bulk_cell` along `facet`, whole bulk cells stacked until it is ≥ `min_thickness_A` thick."
     for layers in range(1, 100):
-        slab = surface(bulk_cell, tuple(int(i) for i in facet), layers, vacuum=vacuum_A, periodic=True)
+        slab = surface(bulk_cell, tuple(int(i) for i in facet), layers, vacuum=vacuum_A)   # unwrapped: its thickness is real
+        slab.pbc = True
         normal = np.cross(slab.cell[0], slab.cell[1]); normal /= np.linalg.norm(normal)
         z = slab.positions @ normal
         if z.max() - z.min() >= min_thickness_A: return slab
