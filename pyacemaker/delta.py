@@ -21,7 +21,7 @@ from .kit.layout import (Deliverables, base_set, delivered_key, delta_dir, delta
 from .oracle.chunked_run import RunFiles, RunMode
 from .oracle.reference import label_reference, reference_e0
 from .orchestrator import fit_tables, reference_energies, trainer_for
-from .refine import Upfit, select_d_optimal
+from .refine import Upfit, round_robin, select_d_optimal
 from .report.properties import reference_structures, slab_of, supercell_repeats
 from .trainer.ace_trainer import split_train_test
 from .utils.io import (atomic_output, file_sha256, iter_frames, periodic_equivalent, read_json, run_lock, table_row,
@@ -105,16 +105,6 @@ def kind_quotas(sizes: dict[str, int], n: int) -> dict[str, int]:
             take = min(share, sizes[k] - q[k], left); q[k] += take; left -= take
     return q
 
-def _round_robin(members: Sequence[int], label: Sequence[str], k: int) -> list[int]:
-    "`k` of `members`, taking one of each `label` in turn (in the members' order)."
-    queues: dict[str, list[int]] = {}
-    for i, lab in zip(members, label): queues.setdefault(lab, []).append(i)
-    out = []
-    while len(out) < k and any(queues.values()):
-        for q in queues.values():
-            if q and len(out) < k: out.append(q.pop(0))
-    return out
-
 def select_for_reference(pool: Sequence[Atoms], student: Deliverables, n: int, cutoff: float) -> list[Atoms]:
     "At most `n` structures of `pool`: each kind its share, D-optimal in the student's basis within the kind, spread over origins."
     groups: dict[str, list[int]] = {}
@@ -123,11 +113,11 @@ def select_for_reference(pool: Sequence[Atoms], student: Deliverables, n: int, c
     for kind, k in kind_quotas({g: len(m) for g, m in groups.items()}, n).items():
         members = groups[kind]
         origin = {i: str(pool[i].info.get("source")).split(":")[0] for i in members}
-        cands = [Atoms(pool[i].symbols, pool[i].positions, cell=pool[i].cell, pbc=pool[i].pbc, info={"walker": origin[i]})
-                 for i in members]
+        cands = [_bare(pool[i], origin[i], pool[i].info.get("source")) for i in members]      # the origin as the walker
         best = [members[j] for j in select_d_optimal(cands, student.yaml, student.asi, k, cutoff)] if k else []
-        rest = [i for i in members if i not in best]
-        picked += best + _round_robin(rest, [origin[i] for i in rest], k - len(best))
+        chosen = set(best)
+        rest = [i for i in members if i not in chosen]
+        picked += best + round_robin(rest, [origin[i] for i in rest], k - len(best))
     return [pool[i] for i in picked]
 
 def aligned_e0(frames: Sequence[Atoms], student_yace: str | Path, elements: Sequence[str], cutoff: float) -> dict[str, float]:

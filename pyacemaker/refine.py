@@ -39,7 +39,7 @@ from .utils.io import (atomic_output, file_sha256, frame_labels, frame_problem, 
 
 # %% auto #0
 __all__ = ['RefineError', 'seed_structures', 'walk', 'evenly', 'walker_plan', 'walker_seed', 'run_walker', 'Hooks', 'explore',
-           'select_d_optimal', 'label_once', 'potential_errors', 'label_errors', 'table_errors', 'Upfit',
+           'round_robin', 'select_d_optimal', 'label_once', 'potential_errors', 'label_errors', 'table_errors', 'Upfit',
            'refine_trainer', 'refine_tables', 'identity_changes', 'check_resumable', 'refine', 'plot_refine',
            'format_refine']
 
@@ -206,6 +206,16 @@ def _pyace_selection():
     with root_logger_kept(): from pyace import activelearning, aceselect
     return activelearning, aceselect
 
+def round_robin(items: Sequence[int], labels: Sequence[str], k: int) -> list[int]:
+    "At most `k` of `items`, one of each label in turn, each label's items in their given order."
+    queues: dict[str, list[int]] = {}
+    for i, lab in zip(items, labels): queues.setdefault(lab, []).append(i)
+    out = []
+    while len(out) < k and any(queues.values()):
+        for q in queues.values():
+            if q and len(out) < k: out.append(q.pop(0))
+    return out
+
 def select_d_optimal(candidates: Sequence[Atoms], potential_yaml: str | Path, active_set: str | Path, max_new: int,
                      cutoff: float) -> list[int]:
     "Indices of at most `max_new` candidates: pace_select's MaxVol against the active set, then spread over walkers."
@@ -216,13 +226,7 @@ def select_d_optimal(candidates: Sequence[Atoms], potential_yaml: str | Path, ac
     known = activelearning.compute_A_active_inverse(activelearning.load_active_inverse_set(str(active_set)))
     ranked = [int(i) for i in aceselect.select_structures_maxvol(df, bconf, known, batch_size_option="none",
                                                                 gamma_tolerance=1.01).index]
-    queues: dict[str, list[int]] = {}
-    for i in ranked: queues.setdefault(str(candidates[i].info.get("walker")), []).append(i)
-    picked = []
-    while len(picked) < max_new and any(queues.values()):
-        for q in queues.values():
-            if q and len(picked) < max_new: picked.append(q.pop(0))
-    return picked
+    return round_robin(ranked, [str(candidates[i].info.get("walker")) for i in ranked], max_new)
 
 # %% ../nbs/05a_refine.ipynb #2841ce58
 def label_once(cfg: PipelineConfig, src: Path, dst: Path, client=None) -> Path | None:
