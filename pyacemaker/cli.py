@@ -65,11 +65,10 @@ def _fit(args) -> None:
 def _run(args) -> None:
     "Steps 5 and 6, the report and the validation of a pipeline config, redoing only what changed."
     from pyacemaker.oracle.distributed import Cluster
-    from pyacemaker.orchestrator import format_pipeline, run_pipeline
-    print(format_pipeline(run_pipeline(_config(args), overwrite=args.overwrite, progress=not args.quiet,
-                                       executable=args.pacemaker, cluster=Cluster(args.scheduler, args.workers),
-                                       report=not args.no_report, speed=not args.no_speed,
-                                       validation=not args.no_validation)))
+    from pyacemaker.refine import format_run, run_with_refine
+    print(format_run(run_with_refine(_config(args), overwrite=args.overwrite, progress=not args.quiet,
+                                     executable=args.pacemaker, cluster=Cluster(args.scheduler, args.workers),
+                                     report=not args.no_report, speed=not args.no_speed, validation=not args.no_validation)))
 
 def _report(args) -> None:
     "Parity report of a delivered ACE potential of a pipeline config (default: its own; `--potential ace_refined`)."
@@ -107,6 +106,7 @@ def _refine(args) -> None:
     from pyacemaker.refine import check_resumable, format_refine, refine
     cfg = _config(args)
     if args.resume: check_resumable(cfg)
+    if args.only_seeds: cfg.refine = cfg.refine.model_copy(update={"seed_from": []})
     print(format_refine(refine(cfg, seeds=args.seeds, iterations=args.iterations, overwrite=args.overwrite,
                                progress=not args.quiet, executable=args.pacemaker, cluster=Cluster(args.scheduler, args.workers))))
 
@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     ref = _add_config_command(sub, "refine", "after step 6: MD with the ACE student, teacher labels where it extrapolates, "
                               "upfit; delivers models/ace_refined.*", _refine)
     _add_fit_options(ref, "start the refinement over (discard refine/ of earlier settings)")
-    ref.add_argument("--seeds", type=Path, default=None, help="extxyz of seed structures (default: refine.seeds, else the largest training cells)")
+    ref.add_argument("--seeds", type=Path, default=None, help="extxyz of seed structures, added to the validation structures and "
+                     "largest training cells (refine.seed_from)")
+    ref.add_argument("--only-seeds", action="store_true", help="the --seeds file alone (refine.seed_from: [])")
     ref.add_argument("--iterations", type=int, default=None, help="at most this many upfits (default: refine.iterations)")
     ref.add_argument("--resume", action="store_true", help="continue an interrupted refinement (a plain rerun does too)")
     _add_where(ref, "run the walkers and teacher labels")

@@ -21,7 +21,7 @@ from .kit.layout import (Deliverables, base_set, delivered_key, delta_dir, delta
 from .oracle.chunked_run import RunFiles, RunMode
 from .oracle.reference import label_reference, reference_e0
 from .orchestrator import fit_tables, reference_energies, trainer_for
-from .refine import Upfit, round_robin, select_d_optimal
+from .refine import Upfit, loss_weights, round_robin, select_d_optimal
 from .report.properties import reference_structures, slab_of, supercell_repeats
 from .trainer.ace_trainer import split_train_test
 from .utils.io import (atomic_output, file_sha256, iter_frames, periodic_equivalent, read_json, run_lock, table_row,
@@ -133,15 +133,6 @@ def aligned_e0(frames: Sequence[Atoms], student_yace: str | Path, elements: Sequ
     return {e: float(e0.get(e, 0.0) + c) for e, c in zip(elements, offset)}
 
 # %% ../nbs/05b_delta.ipynb #20c5c8ba
-def _weights(df: pd.DataFrame, fe: np.ndarray, ff: np.ndarray) -> pd.DataFrame:
-    "pacemaker's per-structure `w_energy` and per-atom `w_forces`, each normalised to sum 1."
-    df = df.copy()
-    df["w_energy"] = fe / fe.sum()
-    wf = [np.full(len(f), x) for f, x in zip(df.forces, ff)]
-    total = sum(w.sum() for w in wf)
-    df["w_forces"] = [w / total for w in wf]
-    return df
-
 def delta_tables(cfg: PipelineConfig, reference_file: Path, e0: dict[str, float], teacher: pd.DataFrame | None = None
                  ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     "Training and test tables of the delta fit: reference frames (E − ΣE0 of `e0`), and the teacher's frames at `teacher_weight`."
@@ -150,14 +141,14 @@ def delta_tables(cfg: PipelineConfig, reference_file: Path, e0: dict[str, float]
     ref = pd.DataFrame(rows)
     ref["name"] = [f"delta/{reference_file.name}:{i}" for i in range(len(ref))]
     train, test = split_train_test(ref, tr.test_size if len(ref) >= 10 else 0.0, tr.seed)
-    if test is not None: test = _weights(test, np.ones(len(test)), np.ones(len(test)))     # pacemaker wants them in both tables
+    if test is not None: test = loss_weights(test, np.ones(len(test)), np.ones(len(test)))     # pacemaker wants them in both tables
     if teacher is None or cfg.delta.teacher_weight == 0 or not len(teacher):
-        return _weights(train, np.ones(len(train)), np.ones(len(train))), test
+        return loss_weights(train, np.ones(len(train)), np.ones(len(train))), test
     t = teacher.copy()
     t["energy"] = t.energy_corrected + t.ase_atoms.map(lambda a: sum(e0[s] for s in a.get_chemical_symbols()))
     both = pd.concat([train, t], ignore_index=True)
     w = cfg.delta.teacher_weight
-    return _weights(both, np.r_[np.ones(len(train)), np.zeros(len(t))], np.r_[np.ones(len(train)), np.full(len(t), w)]), test
+    return loss_weights(both, np.r_[np.ones(len(train)), np.zeros(len(t))], np.r_[np.ones(len(train)), np.full(len(t), w)]), test
 
 # %% ../nbs/05b_delta.ipynb #5a17cfb1
 class DeltaUpfit(Upfit):

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -24,24 +24,27 @@ from ase import Atoms
 
 from . import __version__
 from .domain_models.config import PipelineConfig, PyacemakerError, RefineConfig
-from .kit.calculators import ace_calculator, ace_from_bytes, import_pyace, root_logger_kept
+from .kit.calculators import ace_calculator, ace_from_bytes, import_pyace, mace_calculator, root_logger_kept
 from .kit.dynamics import Stop, Thermostat, run_dynamics
 from .kit.errors import calculator_errors
 from .kit.layout import (Deliverables, DeliveryError, base_set, delivered_key, iteration_dir,
                                    open_delivered, refine_dir, refine_lock, refined_set, reports_dir)
 from .oracle.chunked_run import RunFiles
 from .oracle.distributed import Cluster
-from .orchestrator import fit_tables, label, trainer_for
+from .orchestrator import fit_tables, format_pipeline, label, run_pipeline, trainer_for
 from .trainer.ace_trainer import PacemakerWrapper
 from .report.md import TRACE_KEYS, md_stable, md_structures, min_distance_threshold, trace_row
+from .report.properties import Protocol, model_properties, slab_of, supercell_repeats
+from .report.validate import compare, format_validation, validate, validation_structures, validation_teacher
 from .utils.io import (atomic_output, file_sha256, frame_labels, frame_problem, iter_frames, periodic_equivalent,
                                  read_json, run_lock, table_row, where, write_frames, write_json, write_training_table)
 
 # %% auto #0
-__all__ = ['RefineError', 'seed_structures', 'walk', 'evenly', 'walker_plan', 'walker_seed', 'run_walker', 'Hooks', 'explore',
-           'round_robin', 'select_d_optimal', 'label_once', 'potential_errors', 'label_errors', 'table_errors', 'Upfit',
-           'refine_trainer', 'refine_tables', 'identity_changes', 'check_resumable', 'refine', 'plot_refine',
-           'format_refine']
+__all__ = ['RefineError', 'validation_seeds', 'row_seed', 'seed_structures', 'walk', 'evenly', 'walker_plan', 'walker_seed',
+           'run_walker', 'Hooks', 'explore', 'round_robin', 'select_d_optimal', 'focus_fill', 'label_once',
+           'potential_errors', 'label_errors', 'table_errors', 'Upfit', 'refine_trainer', 'loss_weights',
+           'refine_tables', 'unfixed', 'RowCheck', 'row_check', 'validate_student', 'identity_changes',
+           'check_resumable', 'refine', 'plot_refine', 'format_refine', 'run_with_refine', 'format_run']
 
 # %% ../nbs/05a_refine.ipynb #c1f615f6
 class RefineError(PyacemakerError):
@@ -50,24 +53,57 @@ class RefineError(PyacemakerError):
 
 
 # %% ../nbs/05a_refine.ipynb #7a320693
+def validation_seeds(cfg: PipelineConfig) -> list[tuple[str, Atoms]]:
+    "The validation protocol's structures as (name, Atoms), each named after its rows: bulk supercells, vacancy cells, slabs, user structures."
+    proto, out = Protocol(float(cfg.training.cutoff), cfg.validation), []
+    for ref in validation_structures(cfg, cfg.training.elements):
+        a = ref.atoms
+        if ref.kind == "user": out.append((ref.name, a.copy())); continue
+        sc = a.repeat(supercell_repeats(a, proto.min_height_A))
+        out.append((ref.name, sc))
+        species = list(dict.fromkeys(a.get_chemical_symbols()))
+        for e in species if ref.kind == "alloy" else species[:1]:
+            v = sc.copy(); del v[a.get_chemical_symbols().index(e)]
+            out.append((f"{ref.name} ({e} vacancy)", v))
+        for f in cfg.validation.facets:
+            out.append((f"{ref.name} ({''.join(map(str, f))})", slab_of(a, f, proto.cutoff, proto.cutoff)))
+    return [(f"validation:{n}", x) for n, x in out]
+
+def row_seed(row: dict) -> str:
+    "The seed of `validation_seeds` a validation row was computed on: its slab, vacancy cell or bulk cell."
+    s, p = row["structure"], row["property"]
+    if p == "rdf_max_abs_difference": s = s.rsplit(" ", 2)[0]                       # `Cu fcc 1000 K`: the bulk cell's MD
+    elif p == "vacancy_formation_energy_eV" and not s.endswith(" vacancy)"): s = f"{s} ({s.split()[0]} vacancy)"
+    return f"validation:{s}"
+
+# %% ../nbs/05a_refine.ipynb #9d5c3504
+def _training_seeds(cfg: PipelineConfig) -> list[tuple[str, Atoms, str]]:
+    "The `refine.seed_structures` largest training cells as (name, Atoms, where)."
+    path = cfg.path(cfg.step5_file)
+    if not path.is_file(): raise RefineError(f"{path}: no training structures to seed the walkers; run step 5 or give --seeds")
+    frames = list(iter_frames(path))
+    named = md_structures(frames, min(cfg.refine.seed_structures, len(frames)), [f"{path.name}:{i}" for i in range(len(frames))])
+    return [(n, a, where(path, int(n.rsplit(":", 1)[1]))) for n, a in named]
+
+def _file_seeds(path: Path) -> list[tuple[str, Atoms, str]]:
+    "Every frame of a seed file as (name, Atoms, where)."
+    if not Path(path).is_file(): raise RefineError(f"{path}: seed file not found")
+    frames = list(iter_frames(path))
+    if not frames: raise RefineError(f"{path}: contains no structures")
+    return [(f"{Path(path).name}:{i}", a, where(path, i)) for i, a in enumerate(frames)]
+
 def seed_structures(cfg: PipelineConfig, seeds: str | Path | None = None) -> list[tuple[str, Atoms]]:
-    "The seeds as (name, Atoms): from `seeds` (or `refine.seeds`), else the largest training cells; each one checked."
-    path = Path(seeds) if seeds is not None else cfg.refine.seeds
-    if path is not None:
-        if not Path(path).is_file(): raise RefineError(f"{path}: seed file not found")
-        frames = list(iter_frames(path))
-        if not frames: raise RefineError(f"{path}: contains no structures")
-        named = [(f"{Path(path).name}:{i}", a) for i, a in enumerate(frames)]
-    else:
-        path = cfg.path(cfg.step5_file)
-        if not path.is_file(): raise RefineError(f"{path}: no training structures to seed the walkers; run step 5 or give --seeds")
-        frames = list(iter_frames(path))
-        named = md_structures(frames, min(cfg.refine.seed_structures, len(frames)), [f"{path.name}:{i}" for i in range(len(frames))])
-    for name, atoms in named:
+    "The seeds as (name, Atoms): those of `refine.seed_from`, then the file `seeds` (or `refine.seeds`); each one checked."
+    r, path = cfg.refine, Path(seeds) if seeds is not None else cfg.refine.seeds
+    named = [(n, a, n) for n, a in validation_seeds(cfg)] if "validation" in r.seed_from else []
+    if "training" in r.seed_from: named += _training_seeds(cfg)
+    if path is not None: named += _file_seeds(path)
+    if not named: raise RefineError("no seeds: refine.seed_from is [] and no seed file is given (--seeds or refine.seeds)")
+    for name, atoms, at in named:
         problem = frame_problem(atoms, cfg.training.elements, cfg.labeling.min_distance, owner="training.elements")
-        if problem: raise RefineError(f"{where(path, int(name.rsplit(':', 1)[1]))}: seed {problem}; fix or remove this seed")
+        if problem: raise RefineError(f"{at}: seed {problem}; fix or remove this seed")
     out = []
-    for name, atoms in named:
+    for name, atoms, _ in named:
         a = atoms.copy(); a.calc = None; a.info = {"seed": name}
         out.append((name, a))
     return out
@@ -116,10 +152,16 @@ def evenly(frames: list, n: int) -> list:
     return [frames[i] for i in np.unique(np.linspace(len(frames) - 1, 0, n).round().astype(int))]
 
 # %% ../nbs/05a_refine.ipynb #e734e5a6
-def walker_plan(cfg: PipelineConfig, seeds: Sequence[tuple[str, Atoms]]) -> list[dict]:
-    "Every walker of a round: its id, seed (index and name), temperature and number."
-    return [{"id": f"s{i}_{T:g}K_w{w}", "seed_index": i, "seed": name, "temperature_K": float(T), "walker": w}
-            for i, (name, _) in enumerate(seeds) for T in cfg.refine.temperatures_K for w in range(cfg.refine.walkers)]
+def walker_plan(cfg: PipelineConfig, seeds: Sequence[tuple[str, Atoms]], focus: Collection[str] = (), iteration: int = 0) -> list[dict]:
+    "Every walker of round `iteration`: id, seed (index and name), temperature, number; seeds in `focus` get `focus_walkers` at the focus temperatures too."
+    r, out = cfg.refine, []
+    for i, (name, _) in enumerate(seeds):
+        f = name in focus
+        temperatures = dict.fromkeys([*r.temperatures_K, *(r.focus_temperatures_K if f else [])])
+        out += [{"id": f"s{i}_{T:g}K_w{w}", "seed_index": i, "seed": name, "temperature_K": float(T), "walker": w, "focus": f,
+                 "iteration": iteration}
+                for T in temperatures for w in range(r.focus_walkers if f else r.walkers)]
+    return out
 
 def walker_seed(base_seed: int, iteration: int, walker: int) -> int:
     "The random seed of one walker in one round: distinct for every walker and round, reproducible."
@@ -128,8 +170,9 @@ def walker_seed(base_seed: int, iteration: int, walker: int) -> int:
 def run_walker(calc, seed: Atoms, plan: dict, r, cutoff: float, iteration: int, min_distance_A: float,
                rng_seed: int) -> tuple[dict, list[Atoms], list[Atoms]]:
     "One walker of a round (`plan`, `walker_plan`'s row; `r`, the refine settings): its record, candidates and error sample."
+    if plan.get("focus"): r = r.model_copy(update={"gamma_select": 0.0})        # a failing row's walker offers every frame it looks at
     w = walk(calc, seed, plan["temperature_K"], r, cutoff, min_distance_A, rng_seed,
-             info={"walker": plan["id"], "seed": plan["seed"], "iteration": iteration})
+             info={"walker": plan["id"], "seed": plan["seed"], "iteration": iteration, "focus": bool(plan.get("focus"))})
     rec = {**plan, "stable": w["stable"], "stop": w["stop"], "reason": w["reason"], "max_gamma": w["max_gamma"],
            "steps": w["trace"]["steps"], "n_frames": len(w["frames"]), "n_candidates": len(w["candidates"]),
            "wall_s": w["trace"]["wall_s"], "gamma": [float(g) for g in w["trace"]["max_gamma"]]}
@@ -172,12 +215,13 @@ class Hooks:
         if self.on_phase: self.on_phase(k, phase)
 
 def explore(cfg: PipelineConfig, potential: tuple[Path, Path], seeds: Sequence[tuple[str, Atoms]], out: Path,
-            iteration: int = 0, min_distance_A: float = 0.0, hooks: Hooks = Hooks(), client=None) -> dict:
-    "One exploration round with the student (`potential` = .yaml, .asi) in `out`, here or on a dask `client`; finished walkers are kept, not rerun."
+            plans: Sequence[dict] | None = None, min_distance_A: float = 0.0, hooks: Hooks = Hooks(), client=None) -> dict:
+    "One exploration round (`plans`, default `walker_plan`'s) with the student (`potential` = .yaml, .asi) in `out`, here or on dask; finished walkers kept."
     out, r = Path(out), cfg.refine
     if (done := read_json(out / "explore.json")): return done
     out.mkdir(parents=True, exist_ok=True)
-    plans = walker_plan(cfg, seeds)
+    plans = walker_plan(cfg, seeds) if plans is None else plans
+    iteration = plans[0]["iteration"] if plans else 0
     tasks = [(seeds[p["seed_index"]][1], p, r, cfg.training.cutoff, iteration, min_distance_A,
               walker_seed(r.seed, iteration, n))
              for n, p in enumerate(plans) if not (out / f"walker_{p['id']}.json").exists()]
@@ -228,6 +272,13 @@ def select_d_optimal(candidates: Sequence[Atoms], potential_yaml: str | Path, ac
                                                                 gamma_tolerance=1.01).index]
     return round_robin(ranked, [str(candidates[i].info.get("walker")) for i in ranked], max_new)
 
+def focus_fill(candidates: Sequence[Atoms], picked: Sequence[int], max_new: int) -> list[int]:
+    "Up to `max_new` − len(picked) more: frames of failing rows' walkers (`info['focus']`) not yet picked, highest γ first, in turn per walker."
+    taken = set(picked)
+    rest = sorted((i for i, a in enumerate(candidates) if a.info.get("focus") and i not in taken),
+                  key=lambda i: -float(candidates[i].info.get("refine_gamma", 0.0)))
+    return round_robin(rest, [str(candidates[i].info.get("walker")) for i in rest], max_new - len(picked))
+
 # %% ../nbs/05a_refine.ipynb #2841ce58
 def label_once(cfg: PipelineConfig, src: Path, dst: Path, client=None) -> Path | None:
     "Label `src` into `dst` with the teacher (step 5's labeler, here or on a dask `client`), resuming an interrupted run; None if `src` is empty."
@@ -272,13 +323,55 @@ def refine_trainer(cfg: PipelineConfig, initial_potential: str | Path, progress:
     tr = cfg.training.model_copy(update={"ladder_step": None, "maxiter": cfg.refine.upfit_maxiter or cfg.training.maxiter})
     return Upfit(tr, initial_potential, executable=executable, progress=progress)
 
+def loss_weights(df: pd.DataFrame, fe: np.ndarray, ff: np.ndarray) -> pd.DataFrame:
+    "pacemaker's per-structure `w_energy` and per-atom `w_forces` (structure weights `fe`, `ff`), each normalised to sum 1."
+    df = df.copy()
+    df["w_energy"] = fe / fe.sum()
+    wf = [np.full(len(f), x) for f, x in zip(df.forces, ff)]
+    total = sum(w.sum() for w in wf)
+    df["w_forces"] = [w / total for w in wf]
+    return df
+
 def refine_tables(cfg: PipelineConfig, e0: dict[str, float], labeled: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    "Training and test tables of an upfit: step 6's split of the step-5 labels, every refinement label added to training."
+    "Training and test tables of an upfit: step 6's split of the step-5 labels, every refinement label added at weight 1 / `original_weight`."
     train, test = fit_tables(cfg, e0)
-    tr = cfg.training
+    tr, w = cfg.training, cfg.refine.original_weight
     rows = [{**table_row(a, e0, tr.elements, tr.cutoff, p, i), "name": f"{Path(p).parent.name}/{Path(p).name}:{i}"}
             for p in labeled for i, a in enumerate(iter_frames(p))]          # iter_000/labeled.xyz:3: unique across rounds
-    return (pd.concat([train, pd.DataFrame(rows)], ignore_index=True) if rows else train), test
+    both = pd.concat([train, pd.DataFrame(rows)], ignore_index=True) if rows else train
+    if w == 1.0: return both, test                                     # pacemaker's own uniform weights
+    f = np.r_[np.full(len(train), w), np.ones(len(rows))]
+    return loss_weights(both, f, f), None if test is None else loss_weights(test, np.ones(len(test)), np.ones(len(test)))
+
+# %% ../nbs/05a_refine.ipynb #574e8747
+def unfixed(validation: dict | None, shown: int = 4) -> str:
+    "What the stop line says of validation rows still outside tolerance ('' when none or not validated)."
+    if not validation or validation["passed"]: return ""
+    f = validation["failing"]
+    return f"; {len(f)} validation rows still outside tolerance: {', '.join(f[:shown])}" + (", ..." if len(f) > shown else "")
+
+@dataclass
+class RowCheck:
+    "The validation protocol and the teacher's results on it (computed once per run): the judge of each round's student."
+    structures: list
+    proto: Protocol
+    teacher: dict
+
+def row_check(cfg: PipelineConfig) -> RowCheck:
+    "The validation structures and protocol of `cfg`, and the teacher's properties on them (as `validate` computes them)."
+    structures = validation_structures(cfg, cfg.training.elements)
+    proto = Protocol(float(cfg.training.cutoff), cfg.validation)
+    return RowCheck(structures, proto, model_properties(mace_calculator(validation_teacher(cfg)), structures, proto, "teacher", False))
+
+def validate_student(check: RowCheck, potential: str | Path) -> dict:
+    "Every validation row of a student potential against the teacher: the rows, how many pass, the seeds of the failing ones."
+    student = model_properties(ace_calculator(potential), check.structures, check.proto, "student", False)
+    rows = compare(check.teacher, student, check.structures, check.proto.settings)
+    failing = [r for r in rows if not r["within_tolerance"]]
+    return {"n_rows": len(rows), "n_within_tolerance": len(rows) - len(failing), "passed": not failing,
+            "failing": [f"{r['structure']}: {r['property']}" for r in failing],
+            "focus": list(dict.fromkeys(row_seed(r) for r in failing)),
+            "rows": [{k: r[k] for k in ("structure", "property", "teacher", "student", "tolerance", "within_tolerance")} for r in rows]}
 
 # %% ../nbs/05a_refine.ipynb #fb684d3d
 def _seeds_sha(seeds: Sequence[tuple[str, Atoms]]) -> str:
@@ -291,10 +384,10 @@ def _seeds_sha(seeds: Sequence[tuple[str, Atoms]]) -> str:
 
 def _identity(cfg: PipelineConfig, base: Deliverables, seeds) -> dict:
     "What a refine folder belongs to: the base set, the seeds, the loop and training settings, the teacher."
-    r = cfg.refine.model_dump(mode="json", exclude={"iterations", "seeds"})
+    r = cfg.refine.model_dump(mode="json", exclude={"iterations", "seeds", "enabled"})
     return {"base_manifest_sha256": file_sha256(base.manifest), "seeds_sha256": _seeds_sha(seeds), "refine": r,
             "training": cfg.training.model_dump(mode="json"), "teacher_sha256": file_sha256(cfg.labeling.model),
-            "head": cfg.labeling.head}
+            "head": cfg.labeling.head, "validation": cfg.validation.model_dump(mode="json") if cfg.refine.validate_rounds else None}
 
 def _fit_key(train: Path, test: Path | None, cfg: PipelineConfig, k: int) -> str:
     "The key of iteration `k`'s fit (its tables and settings), recorded in the delivered set's manifest."
@@ -334,6 +427,7 @@ class _Run:
     hooks: Hooks
     client: object = None            # dask client, or None: here
     executable: str = "pacemaker"
+    check: RowCheck | None = None    # the validation protocol and the teacher's results, once computed
 
     def phase(self, k: int, phase: str) -> None:
         "Record that the loop is in `phase` of round `k` (state.json, atomically) and call the hook."
@@ -346,10 +440,25 @@ def _timed(rec: dict, phase: str, t0: float) -> None:
     rec["wall_s"][phase] = rec["wall_s"].get(phase, 0.0) + time.perf_counter() - t0
 
 # %% ../nbs/05a_refine.ipynb #9dded9aa
-def _explore_phase(run: _Run, k: int, rec: dict, potential: tuple[Path, Path], seeds) -> dict:
-    "Round `k`'s walkers (kept if finished); their summary goes into the record."
+def _validate_phase(run: _Run, k: int, rec: dict, potential: tuple[Path, Path], seeds) -> list[str]:
+    "Round `k`'s student on every validation row (`refine.validate_rounds`); the seeds its failing rows were computed on."
+    if not run.cfg.refine.validate_rounds: return []
+    if "validation" not in rec:
+        t0 = time.perf_counter(); run.phase(k, "validate")
+        if run.check is None: run.check = row_check(run.cfg)
+        rec["validation"] = validate_student(run.check, potential[0]); _timed(rec, "validate", t0)
+        write_json(iteration_dir(run.cfg, k) / "record.json", rec)
+    v, names = rec["validation"], {n for n, _ in seeds}
+    focus = [f for f in v["focus"] if f in names]
+    run.hooks.say(f"round {k}: validation against the teacher: {v['n_within_tolerance']} of {v['n_rows']} rows within tolerance"
+                  + (f"; walkers focus on {len(focus)} seeds of failing rows" if focus else ""))
+    return focus
+
+def _explore_phase(run: _Run, k: int, rec: dict, potential: tuple[Path, Path], seeds, focus: Collection[str] = ()) -> dict:
+    "Round `k`'s walkers (kept if finished), more of them on the `focus` seeds; their summary goes into the record."
     t0 = time.perf_counter(); run.phase(k, "explore")
-    ex = explore(run.cfg, potential, seeds, iteration_dir(run.cfg, k) / "explore", k, run.threshold, run.hooks, run.client)
+    ex = explore(run.cfg, potential, seeds, iteration_dir(run.cfg, k) / "explore", walker_plan(run.cfg, seeds, focus, k),
+                 run.threshold, run.hooks, run.client)
     if "explore" not in rec["wall_s"]: _timed(rec, "explore", t0)
     rec.update(candidates=ex["n_candidates"], walkers_stable=sum(w["stable"] for w in ex["walkers"]),
                walkers=len(ex["walkers"]), all_stable=ex["all_stable"], max_gamma=ex["max_gamma"],
@@ -379,9 +488,11 @@ def _select_phase(run: _Run, k: int, rec: dict, potential: tuple[Path, Path]) ->
     if not (it / "selected.xyz").exists():
         cands = list(iter_frames(it / "explore" / "candidates.xyz"))
         picked = select_d_optimal(cands, potential[0], potential[1], r.max_new, run.cfg.training.cutoff)
+        picked += focus_fill(cands, picked, r.max_new)
         write_frames([cands[i] for i in picked], it / "selected.xyz", overwrite=True); _timed(rec, "select", t0)
     rec["selected"] = sum(1 for _ in iter_frames(it / "selected.xyz"))
-    run.hooks.say(f"round {k}: selected {rec['selected']} of {rec['candidates']} candidates (D-optimality against the active set)")
+    run.hooks.say(f"round {k}: selected {rec['selected']} of {rec['candidates']} candidates (D-optimality against the active set, "
+                  "then frames of failing rows' walkers)")
     return rec["selected"]
 
 def _label_phase(run: _Run, k: int, rec: dict) -> None:
@@ -432,11 +543,14 @@ def _round(run: _Run, k: int, potential: tuple[Path, Path], seeds) -> tuple[dict
     it, r = iteration_dir(run.cfg, k), run.cfg.refine
     rec = read_json(it / "record.json") or {"iteration": k, "potential": str(potential[0]), "wall_s": {}}
     rec.pop("final", None)                             # a round that was last of fewer iterations may go on now
-    ex = _explore_phase(run, k, rec, potential, seeds)
+    ex = _explore_phase(run, k, rec, potential, seeds, _validate_phase(run, k, rec, potential, seeds))
     _errors_phase(run, k, rec, potential)
-    stop = ("converged: no candidate, every walker stable" if ex["n_candidates"] == 0 and ex["all_stable"] else
-            f"{r.iterations} iterations done" if k == r.iterations else "")
-    if not stop and _select_phase(run, k, rec, potential) == 0: stop = "no candidate adds information to the active set"
+    v = rec.get("validation")
+    rows_ok = v is None or v["passed"]
+    stop = (("converged: no candidate, every walker stable" + (", every validation row within tolerance" if v else ""))
+            if ex["n_candidates"] == 0 and ex["all_stable"] and rows_ok else
+            f"{r.iterations} iterations done" + unfixed(v) if k == r.iterations else "")
+    if not stop and _select_phase(run, k, rec, potential) == 0: stop = "no candidate adds information to the active set" + unfixed(v)
     if stop:
         rec.setdefault("selected", 0); rec["final"] = True
         write_json(it / "record.json", rec)
@@ -528,10 +642,10 @@ def plot_refine(history: Sequence[dict], r) -> matplotlib.figure.Figure:
     for n, w in enumerate(ids):
         seed, T = history[0]["walker_seeds"].get(w, [w, 0]) if w in history[0]["walker_seeds"] else (w, 0)
         ag.plot(rounds, [h["max_gamma_by_walker"].get(w, np.nan) for h in history], "o-", color=plt.cm.tab10.colors[n % 10],
-                lw=1, ms=4, label=f"{seed}, {T:g} K")
+                lw=1, ms=4, label=f"{seed}, {T:g} K" if len(ids) <= 10 else None)      # many walkers: no legend entry each
     ag.axhline(r.gamma_select, color="tab:green", ls="--", lw=1, label=f"γ = {r.gamma_select:g}: candidate")
     ag.axhline(r.gamma_stop, color="tab:red", ls="--", lw=1, label=f"γ = {r.gamma_stop:g}: walker stops")
-    ag.set_yscale("log"); ag.set_ylabel("max γ along the walker"); ag.legend(fontsize=7)
+    ag.set_yscale("log"); ag.set_ylabel(f"max γ along each of {len(ids)} walkers"); ag.legend(fontsize=7)
     get = lambda h, key, m: (h.get(key) or {}).get(m, np.nan)
     ae.plot(rounds, [get(h, "teacher_errors", "forces_rmse_meV_per_A") for h in history], "o-", label="on its own MD frames (before learning them)")
     ae.plot(rounds, [get(h, "test_errors", "forces_rmse_meV_per_A") for h in history], "s--", label="held-out test set of step 6")
@@ -539,7 +653,13 @@ def plot_refine(history: Sequence[dict], r) -> matplotlib.figure.Figure:
     x = np.arange(len(rounds))
     ac.bar(x - 0.2, [h.get("candidates", 0) for h in history], 0.4, label="candidates (γ > select)")
     ac.bar(x + 0.2, [h.get("selected", 0) for h in history], 0.4, label="selected and labeled")
-    ac.set_xticks(x, rounds); ac.set_ylabel("structures"); ac.legend(fontsize=7)
+    ac.set_xticks(x, rounds); ac.set_ylabel("structures"); ac.legend(fontsize=7, loc="upper left")
+    if any(h.get("validation") for h in history):
+        av = ac.twinx()
+        av.plot(x, [(h.get("validation") or {}).get("n_within_tolerance", np.nan) for h in history], "kD-", ms=5,
+                label="validation rows within tolerance")
+        av.set_ylim(0, max(h["validation"]["n_rows"] for h in history if h.get("validation")) + 1)
+        av.set_ylabel("validation rows within tolerance (of all)"); av.legend(fontsize=7, loc="upper right")
     for ax in (ag, ae, ac): ax.set_xlabel("round (0 = base potential)")
     ag.set_xticks(rounds); ae.set_xticks(rounds)
     fig.suptitle(f"pyacemaker refine: {len(rounds) - 1} refits; walkers stable in the last round: "
@@ -549,12 +669,35 @@ def plot_refine(history: Sequence[dict], r) -> matplotlib.figure.Figure:
 def format_refine(result: dict) -> str:
     "What `pyacemaker refine` prints at the end: one line per round, why it stopped, what was delivered."
     fmt = lambda d, k, f: "-" if not d or d.get(k) is None or not np.isfinite(d[k]) else format(d[k], f)
-    lines = ["| round | walkers stable | max γ | candidates | selected | F RMSE own MD [meV/Å] | E RMSE own MD [meV/atom] | F RMSE test [meV/Å] |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| round | walkers stable | max γ | candidates | selected | F RMSE own MD [meV/Å] | E RMSE own MD [meV/atom] | F RMSE test [meV/Å] "
+             "| validation rows within tol. |", "|---|---|---|---|---|---|---|---|---|"]
     for h in result["history"]:
         lines.append(f"| {h['iteration']} | {h['walkers_stable']}/{h['walkers']} | {h['max_gamma']:.2f} | {h['candidates']} | "
                      f"{h.get('selected', 0)} | {fmt(h['teacher_errors'], 'forces_rmse_meV_per_A', '.1f')} | "
-                     f"{fmt(h['teacher_errors'], 'energy_rmse_meV_per_atom', '.2f')} | {fmt(h['test_errors'], 'forces_rmse_meV_per_A', '.1f')} |")
+                     f"{fmt(h['teacher_errors'], 'energy_rmse_meV_per_atom', '.2f')} | {fmt(h['test_errors'], 'forces_rmse_meV_per_A', '.1f')} | "
+                     + (f"{h['validation']['n_within_tolerance']}/{h['validation']['n_rows']} |" if h.get("validation") else "- |"))
     lines.append(f"stopped: {result['stop']}; {'delivered ' + str(result['delivered']) if result['delivered'] else 'nothing delivered (no refit)'}"
                  f"; {result['wall_s']:.0f} s; plot {result['plot']}")
+    return "\n".join(lines)
+
+# %% ../nbs/05a_refine.ipynb #2d9a1550
+def run_with_refine(cfg: PipelineConfig, overwrite: bool = False, progress: bool = True, executable: str = "pacemaker",
+                    cluster: Cluster = Cluster(), **pipeline) -> dict:
+    "`run_pipeline` (`pipeline`: its report/speed/validation flags), then with `refine.enabled` the loop and the validation of ace_refined."
+    out = run_pipeline(cfg, overwrite, progress, executable, cluster, **pipeline)
+    if not cfg.refine.enabled: return out
+    t = time.perf_counter()
+    out["refine"] = refine(cfg, overwrite=overwrite or out["fit"] is not None, progress=progress, executable=executable, cluster=cluster)
+    out["timings"]["refine_s"] = time.perf_counter() - t
+    if out["refine"]["delivered"] and cfg.validation.enabled and pipeline.get("validation", True):
+        t = time.perf_counter()
+        out["refined_validation"] = validate(cfg, refined_set(cfg).name, progress)
+        out["timings"]["validate_refined_s"] = time.perf_counter() - t
+    return out
+
+def format_run(result: dict) -> str:
+    "What `pyacemaker run` prints: the pipeline's lines, then the loop's table and the refined set's verdict when it ran."
+    lines = [format_pipeline(result)]
+    if result.get("refine"): lines.append(format_refine(result["refine"]))
+    if result.get("refined_validation"): lines.append(format_validation(result["refined_validation"], rows=False))
     return "\n".join(lines)

@@ -184,8 +184,12 @@ class RefineConfig(BaseModel):
     "The distillation loop: seeds, walkers, γ thresholds, how many structures per round, how the student is refitted."
     model_config = ConfigDict(extra="forbid")
 
-    seeds: Path | None = Field(None, description="extxyz of seed structures; None = the `seed_structures` largest training cells")
-    seed_structures: Count = Field(3, ge=1, description="how many training cells seed the walkers when no seed file is given")
+    enabled: Flag = Field(False, description="`pyacemaker run` runs the loop after the validation, then validates ace_refined")
+    seed_from: list[Literal["validation", "training"]] = Field(["validation", "training"], description=
+        "default seeds: 'validation' = the validation protocol's structures (slabs, vacancy cells, bulk, validation.structures), "
+        "'training' = the `seed_structures` largest training cells; `seeds` adds a file to them ([] = the file alone)")
+    seeds: Path | None = Field(None, description="extxyz of seed structures, added to those of `seed_from`")
+    seed_structures: Count = Field(3, ge=1, description="how many training cells seed the walkers ('training' in `seed_from`)")
     temperatures_K: Temperatures = Field([600.0, 1200.0], min_length=1, description="Langevin temperatures of the walkers (K)")
     walkers: Count = Field(1, ge=1, description="independent walkers per seed and temperature")
     steps: Count = Field(400, ge=1, description="MD steps per walker and round")
@@ -201,6 +205,12 @@ class RefineConfig(BaseModel):
     refit: Literal["upfit", "fresh"] = Field("upfit", description="'upfit': continue from the previous potential; 'fresh': fit anew")
     upfit_maxiter: Count | None = Field(150, ge=1, description="optimizer iterations of an upfit; None = training.maxiter")
     seed: Count = Field(0, description="random seed of the walkers (velocities, Langevin noise)")
+    validate_rounds: Flag = Field(True, description="validate each round's student against the teacher; failing rows steer the "
+                                  "next round, and the loop converges only when every row is within tolerance")
+    focus_temperatures_K: Temperatures = Field([300.0], description="extra walker temperatures (K) on the seeds of a failing row")
+    focus_walkers: Count = Field(2, ge=1, description="walkers per temperature on the seeds of a failing row (instead of `walkers`)")
+    original_weight: Real = Field(1.0, gt=0, description="weight of each step-5 training structure relative to one the loop "
+                                  "added (energies and forces)")
 
     @model_validator(mode="after")
     def _thresholds(self) -> "RefineConfig":

@@ -17,7 +17,7 @@ def test_one_real_upfit(fitted_pipeline, make_pipeline_config, mixed_frames, tmp
     shutil.copy(cfg0.path(cfg0.step5_file), cfg.path(cfg.step5_file))
     cfg.refine = cfg.refine.model_copy(update=dict(temperatures_K=[1200.0], steps=40, gamma_every=5, gamma_select=1.05,
                                                    gamma_stop=50.0, max_new=4, error_snapshots=1, iterations=1,
-                                                   upfit_maxiter=5))
+                                                   upfit_maxiter=5, seed_from=[], validate_rounds=False))
     rng = np.random.default_rng(8)
     seeds = write_frames([slab_cell(rng), cluster_cell(rng, with_cell=False)], tmp_path / "seeds.xyz")
     before = {p.name: file_sha256(p) for p in base_set(cfg).models_dir.glob("ace_base*")}
