@@ -79,6 +79,15 @@ def _check_elements(cfg: PipelineConfig, surrogate: MaceSurrogate) -> None:
         raise PyacemakerError(f"training.elements {missing} are not in the MACE model {cfg.labeling.model.name} "
                               f"(knows {surrogate.elements}); an ACE potential cannot be distilled for them")
 
+def _refine_line(cfg: PipelineConfig) -> str:
+    "What `check` says of the loop: whether `run` includes it, where its walkers start, whether validation steers it."
+    r = cfg.refine
+    seeds = [{"validation": "the validation structures", "training": f"the {r.seed_structures} largest training cells"}[s] for s in r.seed_from]
+    if r.seeds is not None: seeds.append(str(r.seeds))
+    return (f"refine: {'in pyacemaker run' if r.enabled else 'pyacemaker refine (refine.enabled: false)'}; seeds: "
+            f"{' + '.join(seeds) or 'none (give --seeds)'}; up to {r.iterations} upfits"
+            + ("; each round validated against the teacher" if r.validate_rounds else ""))
+
 def check_config(cfg: PipelineConfig) -> str:
     "Check a config against its files (raising on the first problem) and describe what a run would do."
     lab, tr = cfg.labeling, cfg.training
@@ -107,7 +116,7 @@ def check_config(cfg: PipelineConfig) -> str:
                                f"{' and ' if cfg.validation.references and cfg.validation.structures else ''}"
                                f"{cfg.validation.structures or ''} -> {reports_dir(cfg) / 'validation.json'}"
                                if cfg.validation.enabled else "off (validation.enabled: false; pyacemaker validate runs it)"),
-             ref_line]
+             ref_line, _refine_line(cfg)]
     return "\n".join(lines)
 
 # %% ../nbs/05_orchestrator.ipynb #538e3b51

@@ -40,10 +40,10 @@ from .utils.io import (atomic_output, file_sha256, frame_labels, frame_problem, 
                                  read_json, run_lock, table_row, where, write_frames, write_json, write_training_table)
 
 # %% auto #0
-__all__ = ['RefineError', 'validation_seeds', 'row_seed', 'seed_structures', 'walk', 'evenly', 'walker_plan', 'walker_seed',
-           'run_walker', 'Hooks', 'explore', 'round_robin', 'select_d_optimal', 'focus_fill', 'label_once',
-           'potential_errors', 'label_errors', 'table_errors', 'Upfit', 'refine_trainer', 'loss_weights',
-           'refine_tables', 'unfixed', 'RowCheck', 'row_check', 'validate_student', 'identity_changes',
+__all__ = ['RefineError', 'validation_seeds', 'validates_anything', 'row_seed', 'seed_structures', 'walk', 'evenly',
+           'walker_plan', 'walker_seed', 'run_walker', 'Hooks', 'explore', 'round_robin', 'select_d_optimal',
+           'focus_fill', 'label_once', 'potential_errors', 'label_errors', 'table_errors', 'Upfit', 'refine_trainer',
+           'loss_weights', 'refine_tables', 'unfixed', 'RowCheck', 'row_check', 'validate_student', 'identity_changes',
            'check_resumable', 'refine', 'plot_refine', 'format_refine', 'run_with_refine', 'format_run']
 
 # %% ../nbs/05a_refine.ipynb #c1f615f6
@@ -56,6 +56,7 @@ class RefineError(PyacemakerError):
 def validation_seeds(cfg: PipelineConfig) -> list[tuple[str, Atoms]]:
     "The validation protocol's structures as (name, Atoms), each named after its rows: bulk supercells, vacancy cells, slabs, user structures."
     proto, out = Protocol(float(cfg.training.cutoff), cfg.validation), []
+    if not validates_anything(cfg): return []
     for ref in validation_structures(cfg, cfg.training.elements):
         a = ref.atoms
         if ref.kind == "user": out.append((ref.name, a.copy())); continue
@@ -68,6 +69,10 @@ def validation_seeds(cfg: PipelineConfig) -> list[tuple[str, Atoms]]:
         for f in cfg.validation.facets:
             out.append((f"{ref.name} ({''.join(map(str, f))})", slab_of(a, f, proto.cutoff, proto.cutoff)))
     return [(f"validation:{n}", x) for n, x in out]
+
+def validates_anything(cfg: PipelineConfig) -> bool:
+    "Whether the validation protocol has structures: reference phases (`validation.references`) or `validation.structures`."
+    return cfg.validation.references or cfg.validation.structures is not None
 
 def row_seed(row: dict) -> str:
     "The seed of `validation_seeds` a validation row was computed on: its slab, vacancy cell or bulk cell."
@@ -442,7 +447,7 @@ def _timed(rec: dict, phase: str, t0: float) -> None:
 # %% ../nbs/05a_refine.ipynb #9dded9aa
 def _validate_phase(run: _Run, k: int, rec: dict, potential: tuple[Path, Path], seeds) -> list[str]:
     "Round `k`'s student on every validation row (`refine.validate_rounds`); the seeds its failing rows were computed on."
-    if not run.cfg.refine.validate_rounds: return []
+    if not run.cfg.refine.validate_rounds or not validates_anything(run.cfg): return []
     if "validation" not in rec:
         t0 = time.perf_counter(); run.phase(k, "validate")
         if run.check is None: run.check = row_check(run.cfg)
@@ -651,15 +656,16 @@ def plot_refine(history: Sequence[dict], r) -> matplotlib.figure.Figure:
     ae.plot(rounds, [get(h, "test_errors", "forces_rmse_meV_per_A") for h in history], "s--", label="held-out test set of step 6")
     ae.set_ylabel("student vs teacher: force RMSE [meV/Å]"); ae.set_ylim(bottom=0); ae.legend(fontsize=7)
     x = np.arange(len(rounds))
-    ac.bar(x - 0.2, [h.get("candidates", 0) for h in history], 0.4, label="candidates (γ > select)")
+    ac.bar(x - 0.2, [h.get("candidates", 0) for h in history], 0.4, label="candidates (γ > select, or a failing row's walker)")
     ac.bar(x + 0.2, [h.get("selected", 0) for h in history], 0.4, label="selected and labeled")
-    ac.set_xticks(x, rounds); ac.set_ylabel("structures"); ac.legend(fontsize=7, loc="upper left")
+    ac.set_yscale("log"); ac.set_ylim(bottom=0.5)
+    ac.set_xticks(x, rounds); ac.set_ylabel("structures"); ac.legend(fontsize=7, loc="lower left")
     if any(h.get("validation") for h in history):
         av = ac.twinx()
         av.plot(x, [(h.get("validation") or {}).get("n_within_tolerance", np.nan) for h in history], "kD-", ms=5,
                 label="validation rows within tolerance")
         av.set_ylim(0, max(h["validation"]["n_rows"] for h in history if h.get("validation")) + 1)
-        av.set_ylabel("validation rows within tolerance (of all)"); av.legend(fontsize=7, loc="upper right")
+        av.set_ylabel("validation rows within tolerance (of all)"); av.legend(fontsize=7, loc="center right")
     for ax in (ag, ae, ac): ax.set_xlabel("round (0 = base potential)")
     ag.set_xticks(rounds); ae.set_xticks(rounds)
     fig.suptitle(f"pyacemaker refine: {len(rounds) - 1} refits; walkers stable in the last round: "
