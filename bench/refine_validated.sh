@@ -15,7 +15,10 @@ python - "$DEMO/pipeline.yaml" "$OUT" <<'EOF'
 import sys
 from pathlib import Path
 from pyacemaker.domain_models.config import dump_config, load_config
-cfg = load_config(sys.argv[1]); cfg.work_dir = Path(sys.argv[2]); dump_config(cfg, Path(sys.argv[2]) / "pipeline.yaml")
+from pyacemaker.domain_models.config import RefineConfig
+cfg = load_config(sys.argv[1]); cfg.work_dir = Path(sys.argv[2])
+cfg.refine = RefineConfig()          # the loop's defaults of this version (a demo config pins those of the version that wrote it)
+dump_config(cfg, Path(sys.argv[2]) / "pipeline.yaml")
 EOF
 cd "$OUT"
 start=$(date +%s)

@@ -551,9 +551,9 @@ def _round(run: _Run, k: int, potential: tuple[Path, Path], seeds) -> tuple[dict
     ex = _explore_phase(run, k, rec, potential, seeds, _validate_phase(run, k, rec, potential, seeds))
     _errors_phase(run, k, rec, potential)
     v = rec.get("validation")
-    rows_ok = v is None or v["passed"]
-    stop = (("converged: no candidate, every walker stable" + (", every validation row within tolerance" if v else ""))
-            if ex["n_candidates"] == 0 and ex["all_stable"] and rows_ok else
+    done = ex["all_stable"] and (v["passed"] if v else ex["n_candidates"] == 0)    # validated: the rows decide, not leftover γ
+    stop = ("converged: " + ("every validation row within tolerance, every walker stable" if v else "no candidate, every walker stable")
+            if done else
             f"{r.iterations} iterations done" + unfixed(v) if k == r.iterations else "")
     if not stop and _select_phase(run, k, rec, potential) == 0: stop = "no candidate adds information to the active set" + unfixed(v)
     if stop:

@@ -200,7 +200,7 @@ class RefineConfig(BaseModel):
     gamma_stop: Real = Field(10.0, gt=0, description="a walker stops when max γ exceeds this")
     max_new: Count = Field(20, ge=1, description="at most this many structures labeled and added per round")
     error_snapshots: Count = Field(4, ge=0, description="frames per walker labeled to measure the student's error before learning")
-    iterations: Count = Field(3, ge=0, description="at most this many upfits")
+    iterations: Count = Field(4, ge=0, description="at most this many upfits")
     npt: Flag = Field(False, description="fully periodic seeds: Berendsen NPT at 0 GPa instead of Langevin NVT, so the volume moves")
     refit: Literal["upfit", "fresh"] = Field("upfit", description="'upfit': continue from the previous potential; 'fresh': fit anew")
     upfit_maxiter: Count | None = Field(150, ge=1, description="optimizer iterations of an upfit; None = training.maxiter")
@@ -208,7 +208,7 @@ class RefineConfig(BaseModel):
     validate_rounds: Flag = Field(True, description="validate each round's student against the teacher; failing rows steer the "
                                   "next round, and the loop converges only when every row is within tolerance")
     focus_temperatures_K: Temperatures = Field([300.0], description="extra walker temperatures (K) on the seeds of a failing row")
-    focus_walkers: Count = Field(2, ge=1, description="walkers per temperature on the seeds of a failing row (instead of `walkers`)")
+    focus_walkers: Count = Field(1, ge=1, description="walkers per temperature on the seeds of a failing row (instead of `walkers`)")
     original_weight: Real = Field(1.0, gt=0, description="weight of each step-5 training structure relative to one the loop "
                                   "added (energies and forces)")
 
