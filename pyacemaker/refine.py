@@ -34,8 +34,8 @@ from .oracle.distributed import Cluster
 from .orchestrator import fit_tables, format_pipeline, label, run_pipeline, trainer_for
 from .trainer.ace_trainer import PacemakerWrapper
 from .report.md import TRACE_KEYS, md_stable, md_structures, min_distance_threshold, trace_row
-from .report.properties import Protocol, model_properties, slab_of, supercell_repeats
-from .report.validate import compare, format_validation, validate, validation_structures, validation_teacher
+from .report.properties import Protocol, model_properties, slab_of, vacancy_sites, vacancy_supercell
+from .report.validate import compare, format_validation, summarize, validate, validation_structures, validation_teacher
 from .utils.io import (atomic_output, file_sha256, frame_labels, frame_problem, iter_frames, periodic_equivalent,
                                  read_json, run_lock, table_row, where, write_frames, write_json, write_training_table)
 
@@ -55,17 +55,13 @@ class RefineError(PyacemakerError):
 # %% ../nbs/05a_refine.ipynb #7a320693
 def validation_seeds(cfg: PipelineConfig) -> list[tuple[str, Atoms]]:
     "The validation protocol's structures as (name, Atoms), each named after its rows: bulk supercells, vacancy cells, slabs, user structures."
-    proto, out = Protocol(float(cfg.training.cutoff), cfg.validation), []
     if not validates_anything(cfg): return []
+    proto, out = Protocol(float(cfg.training.cutoff), cfg.validation), []
     for ref in validation_structures(cfg, cfg.training.elements):
         a = ref.atoms
         if ref.kind == "user": out.append((ref.name, a.copy())); continue
-        sc = a.repeat(supercell_repeats(a, proto.min_height_A))
-        out.append((ref.name, sc))
-        species = list(dict.fromkeys(a.get_chemical_symbols()))
-        for e in species if ref.kind == "alloy" else species[:1]:
-            v = sc.copy(); del v[a.get_chemical_symbols().index(e)]
-            out.append((f"{ref.name} ({e} vacancy)", v))
+        out.append((ref.name, vacancy_supercell(a, proto.min_height_A)[0]))
+        out += [(f"{ref.name} ({e} vacancy)", vacancy_supercell(a, proto.min_height_A, i)[1]) for e, i in vacancy_sites(a, ref.kind)]
         for f in cfg.validation.facets:
             out.append((f"{ref.name} ({''.join(map(str, f))})", slab_of(a, f, proto.cutoff, proto.cutoff)))
     return [(f"validation:{n}", x) for n, x in out]
@@ -372,8 +368,8 @@ def validate_student(check: RowCheck, potential: str | Path) -> dict:
     "Every validation row of a student potential against the teacher: the rows, how many pass, the seeds of the failing ones."
     student = model_properties(ace_calculator(potential), check.structures, check.proto, "student", False)
     rows = compare(check.teacher, student, check.structures, check.proto.settings)
-    failing = [r for r in rows if not r["within_tolerance"]]
-    return {"n_rows": len(rows), "n_within_tolerance": len(rows) - len(failing), "passed": not failing,
+    failing, s = [r for r in rows if not r["within_tolerance"]], summarize(rows)
+    return {"n_rows": s["n_rows"], "n_within_tolerance": s["n_within_tolerance"], "passed": s["passed"],
             "failing": [f"{r['structure']}: {r['property']}" for r in failing],
             "focus": list(dict.fromkeys(row_seed(r) for r in failing)),
             "rows": [{k: r[k] for k in ("structure", "property", "teacher", "student", "tolerance", "within_tolerance")} for r in rows]}

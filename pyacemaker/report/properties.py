@@ -29,8 +29,9 @@ from ..utils.io import cell_heights, cell_kind, check_structure, iter_frames, pe
 # %% auto #0
 __all__ = ['EV_PER_A2_IN_J_PER_M2', 'RDF_FRICTION_PER_FS', 'Reference', 'reference_phase', 'ordered_alloy',
            'reference_structures', 'user_structures', 'NotConverged', 'relax', 'energy', 'equation_of_state',
-           'elastic_tensor', 'supercell_repeats', 'phonons', 'vacancy_formation_energy', 'slab_of', 'surface_energy',
-           'md_rdf', 'Protocol', 'computed', 'model_properties']
+           'elastic_tensor', 'supercell_repeats', 'phonons', 'vacancy_sites', 'vacancy_supercell',
+           'vacancy_formation_energy', 'slab_of', 'surface_energy', 'md_rdf', 'Protocol', 'computed',
+           'model_properties']
 
 # %% ../../nbs/04c_properties.ipynb #87589e13
 @dataclass
@@ -165,13 +166,24 @@ def phonons(atoms: Atoms, calc, min_height_A: float, distance_A: float = 0.01, n
             "n_displacements": len(forces)}
 
 # %% ../../nbs/04c_properties.ipynb #3440781e
+def vacancy_sites(atoms: Atoms, kind: str) -> list[tuple[str, int]]:
+    "(element, index) of each vacancy the protocol makes in a reference cell: an element's first atom; in an alloy, one of each species."
+    symbols = atoms.get_chemical_symbols()
+    species = list(dict.fromkeys(symbols))
+    return [(e, symbols.index(e)) for e in (species if kind == "alloy" else species[:1])]
+
+def vacancy_supercell(bulk_cell: Atoms, min_height_A: float, index: int = 0) -> tuple[Atoms, Atoms]:
+    "The bulk supercell of the vacancy rows (heights ≥ `min_height_A`) and the same without atom `index`."
+    sc = bulk_cell.repeat(supercell_repeats(bulk_cell, min_height_A))
+    defect = sc.copy(); del defect[index]
+    return sc, defect
+
 def vacancy_formation_energy(bulk_cell: Atoms, calc, min_height_A: float, index: int = 0, mu: float | None = None,
                              fmax: float = 0.01, steps: int = 300) -> dict:
     "E_f (eV) of a vacancy at `index` in the supercell of a relaxed bulk cell; `mu`: energy per atom of the removed element."
-    sc = bulk_cell.repeat(supercell_repeats(bulk_cell, min_height_A))
+    sc, defect = vacancy_supercell(bulk_cell, min_height_A, index)
     e_bulk = energy(sc, calc)
     mu = e_bulk / len(sc) if mu is None else mu
-    defect = sc.copy(); del defect[index]
     defect = relax(defect, calc, fmax, steps, cell=False, symmetry=False)
     return {"E_f_eV": float(defect.get_potential_energy() - e_bulk + mu), "n_atoms": len(sc), "species": sc[index].symbol}
 
@@ -248,9 +260,7 @@ def _bulk_properties(ref: Reference, calc, proto: Protocol, out: dict, t: dict, 
     _attempt(out, "elastic_GPa", lambda: elastic_tensor(relaxed, calc, ref.cubic, fmax=s.fmax).tolist(), t)
     _attempt(out, "phonons", lambda: phonons(relaxed, calc, proto.min_height_A), t)
     if ref.kind == "user": return
-    species = dict.fromkeys(relaxed.get_chemical_symbols())
-    for e in species if ref.kind == "alloy" else list(species)[:1]:
-        index = relaxed.get_chemical_symbols().index(e)
+    for e, index in vacancy_sites(relaxed, ref.kind):
         _attempt(out, f"vacancy {e}", lambda: vacancy_formation_energy(relaxed, calc, proto.min_height_A, index,
                                                                       mu.get(e) if ref.kind == "alloy" else None,
                                                                       s.defect_fmax, s.max_steps), t)
