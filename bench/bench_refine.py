@@ -34,7 +34,7 @@ from pyacemaker.domain_models.config import RefineConfig
 from pyacemaker.kit.calculators import ace_calculator
 from pyacemaker.kit.layout import Deliverables, base_set, refine_dir, refined_set
 from pyacemaker.refine import potential_errors, walk, evenly
-from pyacemaker.report.md import min_distance_threshold
+from pyacemaker.kit.dynamics import min_distance_threshold
 from pyacemaker.utils.io import iter_frames, read_json, write_frames
 
 

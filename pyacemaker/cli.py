@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .domain_models.config import ConfigError, LabelingConfig, PyacemakerError, load_config
+from .domain_models.config import ConfigError, LabelingConfig, PyacemakerError, field_problem, load_config
 from .utils.io import os_problem
 
 # %% auto #0
@@ -34,7 +34,7 @@ def labeling_from_args(args) -> LabelingConfig:
     given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     try: return LabelingConfig(**given)
     except ValidationError as e:
-        raise ConfigError("; ".join(f"{_option(str(err['loc'][0]))}: {err['msg']}" for err in e.errors())) from None
+        raise ConfigError("; ".join(f"{_option(str(err['loc'][0]))}: {field_problem(err)}" for err in e.errors())) from None
 
 # %% ../nbs/06_cli.ipynb #e1a321c5
 def _config(args):

@@ -25,7 +25,8 @@ from ase import Atoms
 from . import __version__
 from .domain_models.config import PipelineConfig, PyacemakerError, RefineConfig
 from .kit.calculators import ace_calculator, ace_from_bytes, import_pyace, mace_calculator, root_logger_kept
-from .kit.dynamics import Stop, Thermostat, run_dynamics
+from .kit.dynamics import (TRACE_KEYS, Stop, Thermostat, md_stable, md_structures, min_distance_threshold,
+                                     run_dynamics, trace_row)
 from .kit.errors import calculator_errors
 from .kit.layout import (Deliverables, DeliveryError, base_set, delivered_key, iteration_dir,
                                    open_delivered, refine_dir, refine_lock, refined_set, reports_dir)
@@ -33,7 +34,6 @@ from .oracle.chunked_run import RunFiles
 from .oracle.distributed import Cluster
 from .orchestrator import fit_tables, format_pipeline, label, run_pipeline, trainer_for
 from .trainer.ace_trainer import PacemakerWrapper
-from .report.md import TRACE_KEYS, md_stable, md_structures, min_distance_threshold, trace_row
 from .report.properties import Protocol, model_properties, slab_of, vacancy_sites, vacancy_supercell
 from .report.validate import compare, format_validation, summarize, validate, validation_structures, validation_teacher
 from .utils.io import (atomic_output, file_sha256, frame_labels, frame_problem, iter_frames, periodic_equivalent,

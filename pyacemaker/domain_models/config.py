@@ -18,7 +18,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 __all__ = ['Count', 'Real', 'Flag', 'Temperatures', 'Weighting', 'LadderStep', 'ELEMENT_SYMBOLS', 'PROPERTIES', 'PyacemakerError',
            'ConfigError', 'UniformWeighting', 'EnergyBasedWeighting', 'AceTrainingConfig', 'LabelingConfig',
            'MDCheckConfig', 'RefineConfig', 'Tolerance', 'ValidationConfig', 'ReferenceConfig', 'DeltaConfig',
-           'PipelineConfig', 'load_config', 'dump_config']
+           'PipelineConfig', 'field_problem', 'load_config', 'dump_config']
 
 # %% ../../nbs/00_config.ipynb #ebc8b0a2
 class PyacemakerError(Exception):
@@ -339,9 +339,13 @@ class PipelineConfig(BaseModel):
         "Absolute path of a step file (e.g. `cfg.path(cfg.step5_file)`) inside the work folder."
         return (self.work_dir / name).resolve()
 
+def field_problem(e: dict) -> str:
+    "One pydantic error's message, without the 'Value error, ' pydantic puts before the text of a validator's ValueError."
+    return e["msg"].removeprefix("Value error, ")
+
 def _format_errors(path, err: ValidationError) -> str:
     "Problems of a config file, `file: field.path: message` each, joined on one line."
-    probs = [f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in err.errors()]
+    probs = [f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {field_problem(e)}" for e in err.errors()]
     return f"{path}: " + "; ".join(probs)
 
 def load_config(path: str | Path) -> PipelineConfig:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,13 +163,15 @@ def _damaged(d: Deliverables, manifest: dict) -> list[str]:
             if not (p := Path(d.models_dir) / name).exists() or file_sha256(p) != digest]
 
 def _restore(d: Deliverables, manifest: dict, names: list[str]) -> bool:
-    "Copy damaged files back from the run folder the manifest names, if it holds them intact; True if all were."
+    "Copy damaged files back from the run folder the manifest names, if it holds them intact; True if all were (and say so on stderr)."
     run = Path(d.models_dir) / manifest["run_dir"] if manifest.get("run_dir") else None   # relative: a copied work folder restores from its own
     source = {f"{d.name}{suffix}": src for src, suffix in RUN_FILES.items()}
     if run is None or not all((run / source.get(n, "?")).is_file() and file_sha256(run / source[n]) == manifest["files"][n]
                               for n in names): return False
     for n in names:
         with atomic_output(Path(d.models_dir) / n, overwrite=True) as tmp: shutil.copyfile(run / source[n], tmp)
+    print(f"pyacemaker: note: {', '.join(names)} in {d.models_dir} differed from {d.manifest.name} (missing, edited or "
+          f"truncated); restored from {run.resolve()}", file=sys.stderr, flush=True)
     return True
 
 def _fix(d: Deliverables) -> str:

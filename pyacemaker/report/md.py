@@ -16,58 +16,17 @@ from ase import Atoms
 
 from ..domain_models.config import MDCheckConfig
 from ..kit.calculators import ace_calculator
-from ..kit.dynamics import Stop, Thermostat, run_dynamics
+from ..kit.dynamics import (MAX_TEMPERATURE_FACTOR, TRACE_KEYS, Stop, Thermostat, equilibrated, md_stable, md_structures,
+                                     min_distance_threshold, run_dynamics, trace_row)
 from ..kit.errors import rmse
 from ..kit.layout import DeliveryError
 from ..utils.io import min_distance
 
 # %% auto #0
-__all__ = ['MIN_DISTANCE_FRACTION', 'TRACE_KEYS', 'MAX_TEMPERATURE_FACTOR', 'GAMMA_MAX', 'FRICTION_PER_FS', 'MD_KEYS',
-           'md_structures', 'min_distance_threshold', 'trace_row', 'run_md', 'md_stable',
-           'nve_drift_meV_per_atom_per_ps', 'student_vs_teacher', 'md_check', 'md_metrics', 'plot_md',
-           'format_md_summary', 'perturbed_potential']
-
-# %% ../../nbs/04a_md_check.ipynb #fd352f35
-def md_structures(frames: Sequence[Atoms], structures: int | Sequence[int | str] = 2,
-                  names: Sequence[str] | None = None) -> list[tuple[str, Atoms]]:
-    "Starting structures for the MD check, as (name, copy): the `structures` largest cells, or those listed (indices or names)."
-    names = list(names) if names is not None else [f"frame {i}" for i in range(len(frames))]
-    if len(names) != len(frames): raise ValueError(f"{len(names)} names for {len(frames)} structures")
-    if isinstance(structures, (int, np.integer)) and not isinstance(structures, bool):
-        order = sorted(range(len(frames)), key=lambda i: (-len(frames[i]), -abs(frames[i].cell.volume), i))
-        idx = order[:int(structures)]
-    else:
-        where = {name: i for i, name in enumerate(names)}
-        idx = []
-        for s in structures:
-            if isinstance(s, (int, np.integer)) and not isinstance(s, bool):
-                if not -len(frames) <= s < len(frames): raise IndexError(f"structure {s}: only {len(frames)} structures")
-                idx.append(int(s) % len(frames))
-            elif s in where: idx.append(where[s])
-            else: raise KeyError(f"structure {s!r} is not among the {len(frames)} structures (names like {names[0]!r})")
-    out = []
-    for i in idx:
-        atoms = frames[i].copy(); atoms.calc = None
-        out.append((names[i], atoms))
-    return out
-
-# %% ../../nbs/04a_md_check.ipynb #29b78c3e
-MIN_DISTANCE_FRACTION = 0.75
-
-def min_distance_threshold(frames: Sequence[Atoms], fraction: float = MIN_DISTANCE_FRACTION) -> float:
-    "Closest approach (Å) a stable run may reach: `fraction` of the shortest interatomic distance in `frames`."
-    return fraction * min(min_distance(a) for a in frames)
+__all__ = ['GAMMA_MAX', 'FRICTION_PER_FS', 'MD_KEYS', 'run_md', 'nve_drift_meV_per_atom_per_ps', 'student_vs_teacher', 'md_check',
+           'md_metrics', 'plot_md', 'format_md_summary', 'perturbed_potential']
 
 # %% ../../nbs/04a_md_check.ipynb #fe839960
-TRACE_KEYS = ("time_fs", "phase", "max_gamma", "min_distance_A", "temperature_K", "epot_eV", "etot_eV")
-
-def trace_row(at: Atoms, calc, phase: str, time_fs: float, gamma: bool = True) -> tuple:
-    "One step of a trace (`TRACE_KEYS`): time, phase, max γ (NaN without an active set), shortest distance, T, E_pot, E_tot."
-    e = at.get_potential_energy()
-    g = calc.results.get("gamma") if gamma else None
-    return (time_fs, phase, float(np.max(g)) if g is not None and len(g) else float("nan"), min_distance(at),
-            at.get_temperature(), e, e + at.get_kinetic_energy())
-
 def run_md(calc, atoms: Atoms, thermostat: Thermostat, steps: int = 250, nve_steps: int = 250, snapshots: int = 10,
            stop_below_A: float | None = None) -> dict:
     "Langevin, then NVE, with an ASE calculator (`run_dynamics`); per-step arrays (`TRACE_KEYS`) and sampled snapshots."
@@ -89,29 +48,6 @@ def run_md(calc, atoms: Atoms, thermostat: Thermostat, steps: int = 250, nve_ste
     return trace
 
 # %% ../../nbs/04a_md_check.ipynb #70805c83
-MAX_TEMPERATURE_FACTOR = 2.0
-
-def _equilibrated(trace: dict) -> np.ndarray:
-    "Mask of the steps after equilibration: the second half of the Langevin segment and the NVE segment."
-    nvt_end = trace["time_fs"][trace["phase"] == "nvt"].max(initial=0.0)
-    return trace["time_fs"] >= nvt_end / 2
-
-def md_stable(trace: dict, min_distance_A: float, max_temperature_factor: float = MAX_TEMPERATURE_FACTOR) -> tuple[bool, str]:
-    "Whether an MD run is stable (finite, no pair closer than `min_distance_A`, T bounded after equilibration), and why not."
-    t = trace["time_fs"]
-    bad = ~(np.isfinite(trace["etot_eV"]) & np.isfinite(trace["min_distance_A"]))
-    if bad.any(): return False, f"NaN at t = {t[np.argmax(bad)]:.0f} fs"
-    close = trace["min_distance_A"] < min_distance_A
-    if close.any():
-        k = int(np.argmax(close))
-        return False, f"atoms {trace['min_distance_A'][k]:.3f} Å apart (< {min_distance_A:.3f} Å) at t = {t[k]:.0f} fs"
-    limit = max_temperature_factor * trace["target_K"]
-    hot = _equilibrated(trace) & (trace["temperature_K"] > limit)
-    if hot.any():
-        k = int(np.argmax(hot))
-        return False, f"T = {trace['temperature_K'][k]:.0f} K > {limit:.0f} K ({max_temperature_factor:g} × target) at t = {t[k]:.0f} fs"
-    return True, "stable"
-
 def nve_drift_meV_per_atom_per_ps(trace: dict) -> float:
     "Slope of the total energy per atom over the NVE segment (meV/atom/ps); NaN if the segment has < 3 steps."
     nve = trace["phase"] == "nve"
@@ -168,7 +104,7 @@ def md_check(potential_yaml: str | Path, active_set: str | Path | None, frames: 
                         stop_below_A=threshold)
             stable, reason = md_stable(tr, threshold)
             gamma = float(np.nanmax(tr["max_gamma"])) if np.isfinite(tr["max_gamma"]).any() else float("nan")
-            eq = _equilibrated(tr)
+            eq = equilibrated(tr)
             runs.append({"structure": name, "n_atoms": len(atoms), "temperature_K": float(T), "steps": int(tr["steps"]),
                          "time_ps": float(tr["time_fs"][-1] / 1000), "stable": stable, "reason": reason,
                          "min_distance_A": float(np.nanmin(tr["min_distance_A"])), "max_gamma": gamma,

@@ -345,6 +345,9 @@ def test_item6_a_corrupt_yace_in_report_is_restored_from_its_run_folder(mock_cop
     rc, _, err = cli(capfd, "report", config, "--no-speed", "--no-md", "--quiet")
     assert rc == 0, err
     assert yace.read_bytes() == intact
+    said = [line for line in err if "restored" in line]                 # the user is told, once, even with --quiet
+    assert len(said) == 1 and said[0].startswith(f"pyacemaker: note: ace_base.yace in {yace.parent} differed from "
+                                                 "ace_base.delivery.json"), err
 
 
 def test_item6_a_corrupt_yace_that_its_run_folder_cannot_restore_is_refused_in_report(mock_copy, capfd):

@@ -6,11 +6,10 @@ import pytest
 
 from pyacemaker.domain_models.config import MDCheckConfig
 from pyacemaker.kit.calculators import ace_calculator
-from pyacemaker.kit.dynamics import Thermostat
+from pyacemaker.kit.dynamics import Thermostat, md_stable, md_structures, min_distance_threshold
 from pyacemaker.kit.layout import DeliveryError
-from pyacemaker.report.md import (MD_KEYS, format_md_summary, md_check, md_metrics, md_stable, md_structures,
-                                  min_distance_threshold, nve_drift_meV_per_atom_per_ps, perturbed_potential, plot_md, run_md,
-                                  student_vs_teacher)
+from pyacemaker.report.md import (MD_KEYS, format_md_summary, md_check, md_metrics, nve_drift_meV_per_atom_per_ps,
+                                  perturbed_potential, plot_md, run_md, student_vs_teacher)
 from pyacemaker.utils.io import min_distance, read_training_table, table_frames
 
 SHORT = dict(temperatures_K=(300.0, 1000.0), steps=150, nve_steps=100, snapshots=4)

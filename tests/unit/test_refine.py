@@ -1,5 +1,4 @@
 """`pyacemaker refine`: a real loop (mock trainer, real MD, real teacher, real D-optimal selection) on a bulk-only student."""
-import json
 
 import numpy as np
 import pytest

@@ -17,7 +17,7 @@ from pyacemaker.kit.calculators import ace_calculator, import_pyace, mace_calcul
 from pyacemaker.kit.layout import delivered_set, open_delivered
 from pyacemaker.report.properties import (EV_PER_A2_IN_J_PER_M2, NotConverged, Protocol, elastic_tensor, energy,
                                           equation_of_state, md_rdf, model_properties, phonons, reference_structures, relax,
-                                          surface_energy, user_structures, vacancy_formation_energy)
+                                          surface_energy, vacancy_formation_energy)
 from pyacemaker.report.validate import (compare, reference_protocol, summarize, validate, validation_structures,
                                         validation_teacher)
 from pyacemaker.utils.io import write_frames
