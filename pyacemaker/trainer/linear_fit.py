@@ -15,6 +15,7 @@ from sklearn.linear_model import Ridge
 from .. import __version__
 from ..domain_models.config import AceTrainingConfig
 from .ace_trainer import ITrainer, import_pyace, pacemaker_input
+from ..kit.errors import rmse, rmse_mae
 from ..utils.io import MissingInput, atomic_output, read_training_table, write_training_table
 
 import_pyace()   # pyace sets up the root logger when first imported; import_pyace undoes that
@@ -76,15 +77,13 @@ def prediction_table(df: pd.DataFrame, fit: LinearACEFit, ds: LinearACEDataset) 
 def fit_metrics(pred: pd.DataFrame) -> dict:
     "Errors of a prediction table: energy per atom (meV/atom), force components (meV/Å), and the RMS force (= error of zero forces)."
     n = pred.NUMBER_OF_ATOMS.to_numpy()
-    de = (pred.energy_pred.to_numpy() - pred.energy_corrected.to_numpy()) / n
-    f_ref, f_pred = np.concatenate(list(pred.forces)).ravel(), np.concatenate(list(pred.forces_pred)).ravel()
-    df = f_pred - f_ref
+    e = rmse_mae(pred.energy_pred.to_numpy() / n, pred.energy_corrected.to_numpy() / n)
+    f_ref = np.concatenate(list(pred.forces)).ravel()
+    f = rmse_mae(np.concatenate(list(pred.forces_pred)).ravel(), f_ref)
     return {"n_structures": len(pred), "n_atoms": int(n.sum()),
-            "energy_rmse_meV_per_atom": 1e3 * float(np.sqrt(np.mean(de ** 2))),
-            "energy_mae_meV_per_atom": 1e3 * float(np.mean(np.abs(de))),
-            "forces_rmse_meV_per_A": 1e3 * float(np.sqrt(np.mean(df ** 2))),
-            "forces_mae_meV_per_A": 1e3 * float(np.mean(np.abs(df))),
-            "forces_rms_meV_per_A": 1e3 * float(np.sqrt(np.mean(f_ref ** 2)))}
+            "energy_rmse_meV_per_atom": 1e3 * e[0], "energy_mae_meV_per_atom": 1e3 * e[1],
+            "forces_rmse_meV_per_A": 1e3 * f[0], "forces_mae_meV_per_A": 1e3 * f[1],
+            "forces_rms_meV_per_A": 1e3 * rmse(f_ref)}
 
 def format_metrics(metrics: dict, title: str) -> str:
     "Plain-text metrics: a title line, then one `key value` line each."
