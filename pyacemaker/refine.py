@@ -42,9 +42,10 @@ from .utils.io import (atomic_output, file_sha256, frame_labels, frame_problem, 
 # %% auto #0
 __all__ = ['RefineError', 'validation_seeds', 'validates_anything', 'row_seed', 'seed_structures', 'walk', 'evenly',
            'walker_plan', 'walker_seed', 'run_walker', 'Hooks', 'explore', 'round_robin', 'select_d_optimal',
-           'focus_fill', 'label_once', 'potential_errors', 'label_errors', 'table_errors', 'Upfit', 'refine_trainer',
-           'loss_weights', 'refine_tables', 'unfixed', 'RowCheck', 'row_check', 'validate_student', 'identity_changes',
-           'check_resumable', 'refine', 'plot_refine', 'format_refine', 'run_with_refine', 'format_run']
+           'focus_fill', 'distinct', 'label_once', 'potential_errors', 'label_errors', 'table_errors', 'Upfit',
+           'refine_trainer', 'loss_weights', 'refine_tables', 'unfixed', 'RowCheck', 'row_check', 'validate_student',
+           'identity_changes', 'check_resumable', 'refine', 'plot_refine', 'format_refine', 'run_with_refine',
+           'format_run']
 
 # %% ../nbs/05a_refine.ipynb #c1f615f6
 class RefineError(PyacemakerError):
@@ -280,6 +281,16 @@ def focus_fill(candidates: Sequence[Atoms], picked: Sequence[int], max_new: int)
                   key=lambda i: -float(candidates[i].info.get("refine_gamma", 0.0)))
     return round_robin(rest, [str(candidates[i].info.get("walker")) for i in rest], max_new - len(picked))
 
+# %% ../nbs/05a_refine.ipynb #95d5e224
+def distinct(frames: Sequence[Atoms], decimals: int = 6) -> list[int]:
+    "Indices of the first frame of each distinct structure (species, cell and positions rounded to `decimals` Å)."
+    seen, keep = set(), []
+    for i, a in enumerate(frames):
+        key = (a.numbers.tobytes(), (np.round(a.cell.array, decimals) + 0.0).tobytes(),
+               (np.round(a.positions, decimals) + 0.0).tobytes())                      # + 0.0: -0.0 and 0.0 are one
+        if key not in seen: seen.add(key); keep.append(i)
+    return keep
+
 # %% ../nbs/05a_refine.ipynb #2841ce58
 def label_once(cfg: PipelineConfig, src: Path, dst: Path, client=None) -> Path | None:
     "Label `src` into `dst` with the teacher (step 5's labeler, here or on a dask `client`), resuming an interrupted run; None if `src` is empty."
@@ -487,7 +498,8 @@ def _select_phase(run: _Run, k: int, rec: dict, potential: tuple[Path, Path]) ->
     it, r = iteration_dir(run.cfg, k), run.cfg.refine
     t0 = time.perf_counter(); run.phase(k, "select")
     if not (it / "selected.xyz").exists():
-        cands = list(iter_frames(it / "explore" / "candidates.xyz"))
+        every = list(iter_frames(it / "explore" / "candidates.xyz"))
+        cands = [every[i] for i in distinct(every)]                    # walkers of one seed share their first frame
         picked = select_d_optimal(cands, potential[0], potential[1], r.max_new, run.cfg.training.cutoff)
         picked += focus_fill(cands, picked, r.max_new)
         write_frames([cands[i] for i in picked], it / "selected.xyz", overwrite=True); _timed(rec, "select", t0)

@@ -5,7 +5,7 @@ import pytest
 from pyacemaker.cli import main
 from pyacemaker.domain_models.config import dump_config, load_config
 from pyacemaker.kit.layout import base_set, iteration_dir, open_delivered, refined_set, reports_dir
-from pyacemaker.refine import refine, refine_tables, seed_structures
+from pyacemaker.refine import distinct, refine, refine_tables, seed_structures
 from pyacemaker.utils.io import iter_frames, read_json
 
 #: short walkers; no γ candidate at all (gamma_select huge): only validation can make the loop learn
@@ -100,3 +100,20 @@ def test_run_with_refine_enabled_is_the_whole_chain(student, make_refine_config,
     off = load_config(config); off.refine.enabled = False
     assert main(["run", str(dump_config(off, tmp_path / "off.yaml")), "--mock", "--no-speed", "--quiet"]) == 0
     assert "| round |" not in capsys.readouterr().out
+
+
+def test_the_walkers_of_one_seed_offer_one_structure_and_it_is_labeled_once(student, make_refine_config, tmp_path):
+    """Every walker stops at its first frame (γ above gamma_stop at once), so the 300 K and 600 K walkers of a failing row's
+    seed offer the same structure: the selection must give the teacher each structure once."""
+    import shutil
+    cfg0, _ = student
+    cfg = make_refine_config(tmp_path, **STUDENT)
+    shutil.rmtree(cfg.work_dir); shutil.copytree(cfg0.work_dir, cfg.work_dir)
+    cfg = _with(cfg, seed_from=["validation"], validate_rounds=True, gamma_select=0.01, gamma_stop=0.02, max_new=40)
+    first = refine(cfg, progress=False)["history"][0]
+    walkers = read_json(iteration_dir(cfg, 0) / "explore" / "explore.json")["walkers"]
+    assert first["validation"]["focus"] and all(w["steps"] == 0 for w in walkers)
+    offered = list(iter_frames(iteration_dir(cfg, 0) / "explore" / "candidates.xyz"))
+    assert len(distinct(offered)) < len(offered)                  # the focus seeds twice (300 K, 600 K)
+    selected = list(iter_frames(iteration_dir(cfg, 0) / "selected.xyz"))
+    assert len(selected) > 1 and distinct(selected) == list(range(len(selected)))
